@@ -1,0 +1,250 @@
+"""Building an env from a lock: wheel cache, venv, offline install, relocation, pycs,
+manifest, and the atomic publish into the store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.version import Version
+
+from .errors import InputError
+from .fsutil import publish_dir, remove_tree
+from .hostreq import scan
+from .interpreter import Interpreter, probe
+from .lock import Lock, read_lock
+from .manifest import seal
+from .proc import hermetic_env, pip_argv, run_tool
+from .recipe import Recipe, load_recipe
+from .store import Store, clear_leftovers, env_key, exclusive, short_key
+from .verify import MANIFEST, sha256_bytes
+from .wheelcache import Artifact, WheelCache
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+# Console scripts start their own interpreter from beside themselves, wherever the env is.
+_TRAMPOLINE = (b"#!/bin/sh\n"
+               b"'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")\"/python \"$0\" \"$@\"\n"
+               b"' '''\n")
+_GUARD = """#!/bin/sh
+# envbuild-guard: verify this env against its manifest, then run CMD; 125 if refused.
+# usage: envbuild-guard [--level quick|files|full] [--expect sha256:HEX] [--] CMD ARGS...
+case $0 in */*) b=${0%/*} ;; *) b=$(command -v -- "$0") && b=${b%/*} || b=. ;; esac
+if [ ! -x "$b/python" ]; then
+  echo "envbuild-guard: refused: interpreter: $b/python: expected an executable, found none" >&2
+  exit 125
+fi
+exec "$b/python" -I -S -c 'import sys;sys.path.insert(0,sys.argv[1]+"/../lib/envbuild-launch")
+from envbuild.launch import guard_main;guard_main()' "$b" "$@"
+"""
+LAUNCH_MODULES = ("errors.py", "names.py", "verify.py", "launch.py", "hostreq.py")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    env_key: str
+    manifest_digest: str
+    cached: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "env_key": self.env_key,
+                "manifest_digest": self.manifest_digest, "cached": self.cached}
+
+
+def build(recipe_path: Path, store_dir: Path | None = None, python: str | None = None,
+          offline: bool = False, progress: Progress = lambda _msg: None) -> BuildResult:
+    recipe = load_recipe(recipe_path)
+    lock = read_lock(recipe)
+    interp = probe(python)
+    _check_interpreter(recipe, lock, interp)
+    store = Store.locate(store_dir)
+    key = env_key(lock.text, recipe.digest, interp.identity(), interp.platform)
+    final = store.env_path(recipe.name, key)
+    if (final / MANIFEST).exists():
+        return _result(final, key, cached=True)
+    progress(f"waiting for the build lock of {final.name}")
+    with exclusive(store.root / "locks" / f"{recipe.name}-{short_key(key)}.lock"):
+        if (final / MANIFEST).exists():
+            return _result(final, key, cached=True)
+        clear_leftovers(store, recipe.name, key)
+        entries = [e for e in lock.entries if e.applies(interp.markers)]
+        artifacts = WheelCache(store, interp, recipe, offline, progress).fill(entries)
+        tmp = Path(tempfile.mkdtemp(prefix=store.tmp_env_prefix(recipe.name, key),
+                                    dir=store.envs))
+        try:
+            _assemble(tmp, recipe, lock, interp, artifacts, key, progress)
+            progress(f"publishing {final}")
+            publish_dir(tmp, final)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+    return _result(final, key, cached=False)
+
+
+def _result(final: Path, key: str, cached: bool) -> BuildResult:
+    return BuildResult(final, key, sha256_bytes((final / MANIFEST).read_bytes()), cached)
+
+
+def _check_interpreter(recipe: Recipe, lock: Lock, interp: Interpreter) -> None:
+    if not recipe.requires_python.contains(Version(interp.version), prereleases=True):
+        raise InputError(f"{recipe.path}: requires-python: expected an interpreter matching "
+                         f"'{recipe.requires_python}', found {interp.executable} "
+                         f"(Python {interp.version}); pass --python")
+    locked_for = lock.header.get("python", "").split(" ")[0]
+    have = ".".join(interp.version.split(".")[:2])
+    if locked_for and locked_for != have:
+        raise InputError(f"{lock.path}: locked for Python {locked_for}, found "
+                         f"{interp.executable} (Python {have}); lock with that Python or pass "
+                         "--python")
+
+
+def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
+              artifacts: list[Artifact], key: str, progress: Progress) -> None:
+    progress(f"creating a venv for Python {interp.version}")
+    run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt", recipe.name,
+              str(tmp)], env=hermetic_env())
+    progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
+    _install(tmp, artifacts)
+    _install_launcher(tmp)
+    _relocate(tmp, interp)
+    progress("compiling bytecode")
+    run_tool([str(tmp / "bin" / "python"), "-s", "-m", "compileall", "-q", "-j0",
+              "--invalidation-mode", "checked-hash", "-s", str(tmp),
+              str(tmp / interp.site), str(tmp / "lib" / "envbuild-launch")],
+             env=hermetic_env({"PYTHONHASHSEED": "0"}))
+    _normalize_files(tmp)
+    progress("writing the manifest")
+    identity = interp.identity()
+    body = {
+        "schema": "envbuild.manifest/1", "name": recipe.name, "env_key": key,
+        "inputs": {"recipe": recipe.digest, "lock": sha256_bytes(lock.text.encode())},
+        "interpreter": {"implementation": identity["implementation"],
+                        "version": identity["version"], "abi": identity["abi"],
+                        "platform": identity["platform"], "libc": identity["libc"],
+                        "path": identity["executable"], "sha256": identity["sha256"],
+                        "stdlib_digest": identity["stdlib_digest"]},
+        "distributions": sorted(({"name": a.entry.name, "version": a.entry.version,
+                                  "artifact": a.artifact.name, "sha256": a.sha256}
+                                 for a in artifacts), key=lambda d: d["name"]),
+        "environment": recipe.environment.to_json(),
+        "launch": {"hook": recipe.launch_hook, "root": recipe.launch_root},
+    }
+    seal(tmp, body, interp.site, str(tmp).encode(), scan)
+    _freeze_dirs(tmp)
+
+
+def _install(tmp: Path, artifacts: list[Artifact]) -> None:
+    """pip, offline, one pinned and hashed wheel per distribution, nothing else considered."""
+    with tempfile.TemporaryDirectory(prefix="install-", dir=tmp.parent.parent / "tmp") as work:
+        links = Path(work) / "wheels"
+        links.mkdir()
+        lines = []
+        for art in artifacts:
+            os.symlink(art.wheel, links / art.wheel.name)
+            lines.append(f"{art.entry.name}=={art.entry.version} --hash={art.wheel_sha256}\n")
+        reqs = Path(work) / "requirements.txt"
+        reqs.write_text("".join(lines))
+        run_tool(pip_argv("--python", str(tmp / "bin" / "python"), "install", "--no-index",
+                          "--no-deps", "--require-hashes", "--no-compile", "--no-cache-dir",
+                          "--no-warn-script-location", "--progress-bar", "off",
+                          "--find-links", str(links), "-r", str(reqs)),
+                 env=hermetic_env())
+
+
+def _install_launcher(tmp: Path) -> None:
+    """The stdlib-only launch modules and `bin/envbuild-guard`, carried inside the env."""
+    here = Path(__file__).parent
+    pkg = tmp / "lib" / "envbuild-launch" / "envbuild"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""envbuild launch path, carried inside the env."""\n')
+    for name in LAUNCH_MODULES:
+        shutil.copyfile(here / name, pkg / name)
+    guard = tmp / "bin" / "envbuild-guard"
+    guard.write_text(_GUARD)
+    guard.chmod(0o755)
+
+
+def _relocate(tmp: Path, interp: Interpreter) -> None:
+    """Remove every absolute path into the build dir, so the env works wherever it is moved."""
+    prefix = str(tmp).encode()
+    rewritten: dict[str, bytes] = {}
+    bin_dir = tmp / "bin"
+    for path in sorted(bin_dir.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            continue
+        data = path.read_bytes()
+        first, nl, rest = data.partition(b"\n")
+        if first.startswith(b"#!") and prefix in first:
+            new = _TRAMPOLINE + rest
+            path.write_bytes(new)
+            rewritten[f"bin/{path.name}"] = new
+    activate = bin_dir / "activate"
+    text = activate.read_text()
+    text = text.replace(f'VIRTUAL_ENV="{tmp}"',
+                        'VIRTUAL_ENV="$(cd "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." && pwd)"')
+    activate.write_text(text)
+    fish = bin_dir / "activate.fish"
+    fish.write_text(fish.read_text().replace(
+        f'set -gx VIRTUAL_ENV "{tmp}"',
+        "set -gx VIRTUAL_ENV (builtin realpath (dirname (status -f))/..)"))
+    # csh cannot find its own script's path; rather no activate.csh than a wrong one
+    (bin_dir / "activate.csh").unlink(missing_ok=True)
+    cfg = tmp / "pyvenv.cfg"
+    cfg.write_text("".join(line for line in cfg.read_text().splitlines(True)
+                           if not line.startswith("command = ")))
+    _update_records(tmp / interp.site, tmp, rewritten)
+
+
+def _update_records(site: Path, root: Path, rewritten: dict[str, bytes]) -> None:
+    """Keep RECORD's hashes true for the scripts rewritten above."""
+    import base64
+    import hashlib
+
+    if not rewritten:
+        return
+    for record in site.glob("*.dist-info/RECORD"):
+        rows = list(csv.reader(io.StringIO(record.read_text())))
+        changed = False
+        for row in rows:
+            if not row:
+                continue
+            rel = os.path.relpath(os.path.normpath(site / row[0]), root)
+            if rel in rewritten:
+                data = rewritten[rel]
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+                row[1:3] = [f"sha256={digest.decode()}", str(len(data))]
+                changed = True
+        if changed:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows(rows)
+            record.write_text(out.getvalue())
+
+
+def _normalize_files(root: Path) -> None:
+    """Read-only files: 0555 where any execute bit was set, else 0444."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, 0o555 if st.st_mode & 0o111 else 0o444)
+
+
+def _freeze_dirs(root: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o555)
+    os.chmod(root, 0o555)

@@ -1,0 +1,167 @@
+"""The command line: each command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import EnvbuildError, NotAnEnvError
+
+app = typer.Typer(
+    help="Provable Python environments: lock a recipe, build a content-addressed venv with "
+         "a manifest, verify it at every launch, run programs in it.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+log = logging.getLogger("envbuild")
+
+
+class Level(str, Enum):
+    quick = "quick"
+    files = "files"
+    full = "full"
+
+
+@contextmanager
+def handle_errors(not_an_env_code: int = 2) -> Iterator[None]:
+    """The one place library errors become messages and exit codes."""
+    try:
+        yield
+    except NotAnEnvError as exc:
+        typer.echo(f"envbuild: error: {exc}", err=True)
+        raise typer.Exit(not_an_env_code) from None
+    except EnvbuildError as exc:
+        typer.echo(f"envbuild: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _progress() -> Callable[[str], None]:
+    """Plain lines on stderr: readable in CI logs and on a terminal alike."""
+    def say(message: str) -> None:
+        typer.echo(f"envbuild: {message}", err=True)
+    return say
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                                 help="Log every external command.")] = False
+           ) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="envbuild: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+@app.command()
+def lock(
+    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
+    check: Annotated[bool, typer.Option("--check", help="Resolve nothing: exit 1 if the lock "
+                                        "is missing or older than the recipe.")] = False,
+    upgrade: Annotated[bool, typer.Option("--upgrade", help="Take the newest allowed "
+                                          "versions instead of the lock's pins.")] = False,
+    upgrade_package: Annotated[Optional[list[str]], typer.Option(  # noqa: UP007
+        "--upgrade-package", "-P", help="Upgrade only this package (repeatable).")] = None,
+) -> None:
+    """Resolve RECIPE with pip-tools into <stem>.lock beside it, every artifact hashed.
+
+    Ambient pip configuration (PIP_* variables, pip.conf, constraint files) is ignored: the
+    recipe and its [index] table are the only inputs. Prints the lock's path.
+    """
+    from .lock import lock_recipe, lock_status
+    from .recipe import load_recipe
+
+    with handle_errors():
+        loaded = load_recipe(recipe)
+        if check:
+            problem = lock_status(loaded)
+            if problem:
+                typer.echo(f"envbuild: {problem}", err=True)
+                raise typer.Exit(1)
+            typer.echo(f"{loaded.lock_path}: up to date")
+            return
+        typer.echo(f"envbuild: resolving {len(loaded.dependencies)} requirements "
+                   f"against {loaded.index_url}", err=True)
+        path = lock_recipe(loaded, upgrade=upgrade,
+                           upgrade_packages=tuple(upgrade_package or ()))
+    typer.echo(str(path))
+
+
+@app.command()
+def build(
+    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file (its lock must be "
+                                           "fresh: see `envbuild lock`).")],
+    store: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="Store directory (default: $ENVBUILD_STORE, else the user cache dir).")] = None,
+    python: Annotated[Optional[str], typer.Option(  # noqa: UP007
+        help="Interpreter to build for (default: the one running envbuild).")] = None,
+    offline: Annotated[bool, typer.Option(help="Use only the wheel cache; fetch "
+                                          "nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object with path, "
+                                          "env_key and manifest_digest.")] = False,
+) -> None:
+    """Build the env the lock describes, or reuse it if it exists. Prints the env's path.
+
+    The wheel cache is filled from the lock (hash-checked), then the install runs offline.
+    The env lands at <store>/envs/<name>-<key>/, complete or not at all.
+    """
+    from .build import build as do_build
+
+    with handle_errors():
+        result = do_build(recipe, store_dir=store, python=python, offline=offline,
+                          progress=_progress())
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), sort_keys=True))
+    else:
+        typer.echo(f"envbuild: {'reused' if result.cached else 'built'} {result.path} "
+                   f"({result.manifest_digest})", err=True)
+        typer.echo(str(result.path))
+
+
+@app.command()
+def verify(
+    env: Annotated[Path, typer.Argument(help="An env directory built by envbuild.")],
+    level: Annotated[Level, typer.Option(help="quick: manifest, interpreter, dists, modes; "
+                                         "files: + every file's size and mode; full: + "
+                                         "every file's content.")] = Level.quick,
+    expect: Annotated[Optional[str], typer.Option(  # noqa: UP007
+        help="The manifest digest (sha256:HEX) the env must have.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+) -> None:
+    """Compare ENV with its manifest; list every difference, one line each.
+
+    Exit 0 if it matches, 1 if it differs, 2 if ENV is not an env.
+    """
+    from .verify import verify as do_verify
+
+    with handle_errors():
+        report = do_verify(str(env), level=level.value, expect=expect)
+    if as_json:
+        typer.echo(json.dumps({"env": report.env, "level": report.level, "ok": report.ok,
+                               "manifest_digest": report.manifest_digest,
+                               "differences": [d.to_json() for d in report.differences]},
+                              sort_keys=True))
+    else:
+        for diff in report.differences:
+            typer.echo(diff.line())
+        if report.ok:
+            typer.echo(f"ok: {report.env} matches {report.manifest_digest} ({report.level})")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+def run(ctx: typer.Context) -> None:
+    """Verify ENV, apply its environment contract, run CMD, record the run.
+
+    Usage: envbuild run ENV [--level L] [--expect sha256:HEX] [--] CMD ARGS...
+
+    Exits with CMD's status (128+N if killed by signal N); 125 if refused or not an env,
+    126 if CMD is not executable, 127 if not found.
+    """
+    from .launch import run_main
+
+    raise typer.Exit(run_main(list(ctx.args)))

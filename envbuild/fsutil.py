@@ -1,0 +1,64 @@
+"""Atomic writes and directory publishing: the only code that puts results on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_missing():
+            os.unlink(tmp)
+        raise
+
+
+def publish_dir(tmp_dir: Path, final: Path) -> bool:
+    """Rename a finished directory into place; False if another process got there first."""
+    try:
+        os.rename(tmp_dir, final)
+    except OSError:
+        if final.is_dir():
+            return False
+        raise
+    return True
+
+
+def make_writable(root: Path) -> None:
+    """Give the owner write permission on a read-only tree so it can be removed."""
+    if root.is_symlink() or not root.exists():
+        return
+    os.chmod(root, stat.S_IMODE(os.lstat(root).st_mode) | stat.S_IRWXU)
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) | stat.S_IRWXU)
+
+
+def remove_tree(root: Path) -> None:
+    """Remove a tree, read-only ones included; a missing tree is not an error."""
+    make_writable(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class _suppress_missing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, FileNotFoundError)

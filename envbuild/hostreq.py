@@ -1,0 +1,190 @@
+"""What an environment's ELF files need from the host machine and do not ship.
+
+`scan` runs at build time and needs pyelftools; `host_glibc` and `missing_libraries`
+run at launch, so they are stdlib-only and pyelftools is imported lazily inside `scan`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import posixpath
+import re
+import struct
+import sysconfig
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_ELF_MAGIC = b"\x7fELF"
+# GLIBC_PRIVATE and GLIBC_ABI_* are not orderable releases; only numeric ones bound the host.
+_GLIBC_RE = re.compile(r"GLIBC_(\d+(?:\.\d+)+)")
+
+
+@dataclass(frozen=True)
+class HostNeeds:
+    libraries: dict[str, list[str]]  # soname -> sorted env-relative paths of ELF files needing it
+    glibc: str | None  # highest GLIBC_x.y any file's symbol versions require
+
+    def to_json(self) -> dict[str, object]:
+        return {"libraries": {k: list(v) for k, v in self.libraries.items()}, "glibc": self.glibc}
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in v.split("."))
+
+
+def _is_elf(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == _ELF_MAGIC
+    except OSError:
+        return False
+
+
+def _read_elf(path: Path) -> tuple[list[str], list[str], set[str]]:
+    """(DT_NEEDED, RPATH+RUNPATH entries, GLIBC versions) of one ELF file."""
+    from elftools.elf.dynamic import DynamicSection, DynamicSegment
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.gnuversions import GNUVerNeedSection
+
+    needed: list[str] = []
+    search: list[str] = []
+    glibc: set[str] = set()
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        dynamics: list[DynamicSection | DynamicSegment] = [
+            s for s in elf.iter_sections() if isinstance(s, DynamicSection)
+        ]
+        if not dynamics:  # section headers may be stripped (sstrip); the segment still works
+            dynamics = [s for s in elf.iter_segments() if isinstance(s, DynamicSegment)]
+        for dyn in dynamics:
+            for tag in dyn.iter_tags():
+                kind = tag.entry.d_tag
+                if kind not in ("DT_NEEDED", "DT_RPATH", "DT_RUNPATH"):
+                    continue
+                # pyelftools sets the string-table value as an untyped attribute named after
+                # the tag (DT_NEEDED -> .needed), so it is only reachable dynamically.
+                value = str(getattr(tag, kind[3:].lower()))
+                if kind == "DT_NEEDED":
+                    needed.append(value)
+                else:
+                    search.extend(p for p in value.split(":") if p)
+        for sec in elf.iter_sections():
+            if isinstance(sec, GNUVerNeedSection):
+                for _verneed, auxes in sec.iter_versions():
+                    for aux in auxes:
+                        m = _GLIBC_RE.fullmatch(aux.name)
+                        if m:
+                            glibc.add(m.group(1))
+    return needed, search, glibc
+
+
+def _origin_dirs(relpath: str, search: list[str]) -> list[str]:
+    """Env-relative dirs that $ORIGIN-based RPATH/RUNPATH entries point to inside the env."""
+    origin = posixpath.dirname(relpath)
+    out = []
+    for entry in search:
+        if not entry.startswith(("$ORIGIN", "${ORIGIN}")):
+            continue  # absolute entries point at the build machine, not at the env
+        rest = entry.split("}", 1)[1] if entry.startswith("${") else entry[len("$ORIGIN") :]
+        d = posixpath.normpath(posixpath.join(origin, "./" + rest.lstrip("/")))
+        if d != ".." and not d.startswith("../"):
+            out.append(d)
+    return out
+
+
+def _ships(root: Path, present: set[str], rel: str) -> bool:
+    if rel in present:
+        return True
+    # Soname symlinks (libx.so.1 -> libx.so.1.2) are not in relpaths, which lists regular
+    # files only; they count if they resolve to a file that stays inside the env.
+    target = (root / rel).resolve()
+    return target.is_file() and target.is_relative_to(root.resolve())
+
+
+def scan(root: Path, relpaths: Iterable[str]) -> HostNeeds:
+    """Host needs of the ELF files among `relpaths` (regular files, POSIX, relative to root)."""
+    from elftools.common.exceptions import ELFError
+
+    files = sorted(set(relpaths))
+    present = set(files)
+    shipped = {posixpath.basename(p) for p in files}
+    libraries: dict[str, set[str]] = {}
+    glibc: set[str] = set()
+    for rel in files:
+        path = root / rel
+        if not _is_elf(path):
+            continue
+        try:
+            needed, search, versions = _read_elf(path)
+        except (ELFError, OSError, ValueError, struct.error, EOFError, IndexError, KeyError):
+            continue  # pyelftools raises a mix of these on truncated/corrupt files
+        glibc |= versions
+        dirs = _origin_dirs(rel, search)
+        for soname in needed:
+            if soname in shipped:
+                continue
+            if any(_ships(root, present, posixpath.join(d, soname)) for d in dirs):
+                continue
+            libraries.setdefault(soname, set()).add(rel)
+    return HostNeeds(
+        libraries={k: sorted(libraries[k]) for k in sorted(libraries)},
+        glibc=max(glibc, key=version_tuple) if glibc else None,
+    )
+
+
+def host_glibc() -> str | None:
+    try:
+        value = os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError, AttributeError):  # non-glibc hosts (musl, macOS)
+        return None
+    if not value or not value.startswith("glibc "):
+        return None
+    return value.split()[1]
+
+
+def _ld_so_conf_dirs(conf: str, seen: set[str]) -> list[str]:
+    if conf in seen:  # include cycles would otherwise recurse forever
+        return []
+    seen.add(conf)
+    try:
+        text = Path(conf).read_text(errors="replace")
+    except OSError:
+        return []
+    dirs: list[str] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        words = line.split()
+        if words and words[0] == "include":
+            for pat in words[1:]:  # relative patterns are relative to this file, as in ldconfig
+                pat = os.path.join(os.path.dirname(conf), pat)
+                for inc in sorted(glob.glob(pat)):
+                    dirs += _ld_so_conf_dirs(inc, seen)
+        elif line and not line.startswith("hwcap"):
+            dirs += [d for d in re.split(r"[\s:,]+", line) if d.startswith("/")]
+    return dirs
+
+
+def _search_dirs() -> list[str]:
+    env = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    arch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+    multiarch = [f"/lib/{arch}", f"/usr/lib/{arch}"]
+    dirs = env + _ld_so_conf_dirs("/etc/ld.so.conf", set()) + multiarch
+    dirs += ["/lib", "/usr/lib", "/lib64", "/usr/lib64"]
+    return list(dict.fromkeys(dirs))
+
+
+def missing_libraries(sonames: Iterable[str]) -> list[str]:
+    """Sonames the host's dynamic loader would not find, sorted."""
+    dirs = _search_dirs()
+    missing = []
+    for soname in sorted(set(sonames)):
+        if "/" in soname:  # the loader takes such names as paths, not as sonames
+            found = os.path.exists(soname)
+        else:
+            found = any(os.path.exists(os.path.join(d, soname)) for d in dirs)
+        if not found:
+            missing.append(soname)
+    return missing

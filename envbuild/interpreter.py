@@ -1,0 +1,126 @@
+"""Who the target interpreter is: identity for the env key and manifest, marker
+environment for the lock's markers, and the wheel tags it accepts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging import tags
+
+from .errors import InputError
+from .proc import hermetic_env, run_tool
+from .verify import cached, file_digest, remember
+
+# Run inside the target interpreter, which may be any CPython >= 3.9 with no packages.
+_PROBE = r"""
+import json, os, platform, sys, sysconfig
+impl = sys.implementation.name
+iver = "{0.major}.{0.minor}.{0.micro}".format(sys.implementation.version)
+short = {"cpython": "cp", "pypy": "pp"}.get(impl, impl)
+print(json.dumps({
+    "implementation": impl,
+    "version": platform.python_version(),
+    "abi": "%s%d%d%s" % (short, sys.version_info[0], sys.version_info[1], sys.abiflags),
+    "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
+    "libc": " ".join(platform.libc_ver()).strip(),
+    "executable": os.path.realpath(sys.executable),
+    "stdlib": sysconfig.get_path("stdlib"),
+    "site": os.path.relpath(sysconfig.get_path("purelib", vars={"base": "/B", "platbase": "/B"}), "/B"),
+    "markers": {
+        "implementation_name": impl, "implementation_version": iver,
+        "os_name": os.name, "platform_machine": platform.machine(),
+        "platform_release": platform.release(), "platform_system": platform.system(),
+        "platform_version": platform.version(),
+        "python_full_version": platform.python_version(),
+        "platform_python_implementation": platform.python_implementation(),
+        "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "sys_platform": sys.platform,
+    },
+}))
+"""
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    executable: str            # realpath of the binary
+    implementation: str
+    version: str
+    abi: str
+    platform: str
+    libc: str
+    stdlib: str
+    site: str                  # site-packages relative to a venv root
+    markers: dict[str, str]
+    sha256: str
+    stdlib_digest: str
+
+    def identity(self) -> dict[str, Any]:
+        """What the manifest records and the env key hashes."""
+        return {"implementation": self.implementation, "version": self.version,
+                "abi": self.abi, "platform": self.platform, "libc": self.libc,
+                "executable": self.executable, "sha256": self.sha256,
+                "stdlib_digest": self.stdlib_digest}
+
+    def supported_tags(self) -> set[tags.Tag]:
+        major, minor = (int(x) for x in self.version.split(".")[:2])
+        if (major, minor) == sys.version_info[:2] and self.implementation == "cpython" \
+                and sys.implementation.name == "cpython":
+            return set(tags.sys_tags())
+        platforms = list(tags.platform_tags())
+        found = set(tags.cpython_tags((major, minor), [self.abi, "abi3", "none"], platforms))
+        found.update(tags.compatible_tags((major, minor), self.abi[:4], platforms))
+        return found
+
+
+def probe(python: str | None) -> Interpreter:
+    """Describe the interpreter at `python` (default: the one running envbuild)."""
+    exe = python or sys.executable
+    if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+        raise InputError(f"--python: expected an executable Python interpreter, found "
+                         f"{exe!r} (not an executable file)")
+    try:
+        out = run_tool([exe, "-I", "-S", "-c", _PROBE], env=hermetic_env())
+        info = json.loads(out.strip().splitlines()[-1])
+    except Exception as exc:  # noqa: BLE001 - any failure means it is not a usable Python
+        raise InputError(f"--python: {exe} did not answer as a Python >= 3.9 would: {exc}") from None
+    real = info["executable"]
+    return Interpreter(executable=real, implementation=info["implementation"],
+                       version=info["version"], abi=info["abi"], platform=info["platform"],
+                       libc=info["libc"], stdlib=info["stdlib"], site=info["site"],
+                       markers=info["markers"], sha256=file_digest(real),
+                       stdlib_digest=stdlib_digest(Path(info["stdlib"])))
+
+
+def stdlib_digest(stdlib: Path) -> str:
+    """One digest over the stdlib's sources and extension modules (tests excluded).
+
+    Cached per host by the stdlib dir's stat, since hashing it costs a second or so.
+    """
+    st = stdlib.stat()
+    key = f"{stdlib} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}"
+    name = "stdlib-" + hashlib.sha256(str(stdlib).encode()).hexdigest()[:24]
+    value = cached(name, key)
+    if value is not None:
+        return value
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(stdlib):
+        rel_dir = os.path.relpath(dirpath, stdlib)
+        dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP)
+        for fname in sorted(filenames):
+            if fname.endswith((".py", ".so")):
+                h.update(f"{rel_dir}/{fname}\0".encode())
+                with open(os.path.join(dirpath, fname), "rb") as fh:
+                    h.update(hashlib.sha256(fh.read()).digest())
+    value = "sha256:" + h.hexdigest()
+    remember(name, key, value)
+    return value
+
+
+_STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idlelib",
+                "tkinter", "turtledemo"}

@@ -1,0 +1,353 @@
+"""Launching a program in a verified env: the environment contract, exec, signals, and the
+run record. Stdlib only and light to import: this is on every launch path.
+
+`envbuild run` and `ENV/bin/envbuild-guard` both end up in `launch()`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .errors import NotAnEnvError
+from .verify import LEVELS, MANIFEST, Report, verify
+
+REFUSED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
+_FORWARDED = (2, 3, 15)      # SIGINT, SIGQUIT, SIGTERM
+_SIGCHLD = 17 if sys.platform.startswith("linux") else 20
+_SI_KERNEL = 0x80           # siginfo code of a signal the tty driver sent to the whole group
+_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+_root_warned = False
+
+
+class Refused(Exception):
+    """The program must not start; the message says why, one line per reason."""
+
+
+def apply_contract(quick: dict[str, list[list[str]]], environ: dict[str, str],
+                   env_dir: str) -> dict[str, str]:
+    """The environment a program gets: scrubbed, defaults applied, the env's bin/ first."""
+    out = dict(environ)
+    for (name,) in quick.get("unset", []):
+        out.pop(name, None)
+    for name, value in quick.get("set", []):
+        out.setdefault(name, value)
+    missing = [name for (name,) in quick.get("require", []) if name not in out]
+    if missing:
+        raise Refused("\n".join(f"environment: {n}: expected set (the recipe requires it), "
+                                "found unset" for n in missing))
+    out["PATH"] = os.path.join(env_dir, "bin") + os.pathsep + out.get("PATH", os.defpath)
+    out["VIRTUAL_ENV"] = env_dir
+    out["PYTHONDONTWRITEBYTECODE"] = "1"   # pycs are precompiled; a root run adds no files
+    return out
+
+
+def find_command(cmd: str, path: str) -> str:
+    """The executable `cmd` names, searched on `path`; Refused-like errors carry 126/127."""
+    candidates = [cmd] if "/" in cmd else [os.path.join(d or ".", cmd) for d in path.split(":")]
+    found_not_exec = None
+    for cand in candidates:
+        if os.path.isfile(cand):
+            if os.access(cand, os.X_OK):
+                return cand
+            found_not_exec = cand
+    if found_not_exec:
+        raise CommandError(NOT_EXECUTABLE, f"{found_not_exec}: not executable")
+    raise CommandError(NOT_FOUND, f"{cmd}: command not found")
+
+
+class CommandError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def launch(env: str, argv: list[str], level: str = "quick", expect: str | None = None,
+           trusted_uids: tuple[int, ...] = (), prog: str = "envbuild run") -> int:
+    """Verify, apply the contract, run argv, record the run; return the exit status."""
+    started = time.time()
+    if not argv:
+        _say(prog, "refused: no command given (usage: ... [--] CMD ARGS...)")
+        return REFUSED
+    try:
+        report = verify(env, level=level, expect=expect, trusted_uids=trusted_uids)
+    except NotAnEnvError as exc:
+        _say(prog, f"refused: {exc}")
+        return REFUSED
+    env_dir = report.env
+    try:
+        _check_root(report, prog)
+        if not report.ok:
+            raise Refused("\n".join(d.line() for d in report.differences))
+        child_env = apply_contract(report.quick, dict(os.environ), env_dir)
+        exe = find_command(argv[0], child_env["PATH"])
+    except Refused as exc:
+        for line in str(exc).splitlines():
+            _say(prog, f"refused: {line}")
+        _record(report, argv, started, REFUSED, None, None, dict(os.environ))
+        return REFUSED
+    except CommandError as exc:
+        _say(prog, str(exc))
+        _record(report, argv, started, exc.code, None, None, child_env)
+        return exc.code
+    pid, status = _spawn(exe, argv, child_env)
+    code, sig = _exit_code(status)
+    _record(report, argv, started, code, sig, pid, child_env)
+    return code
+
+
+def _check_root(report: Report, prog: str) -> None:
+    global _root_warned
+    if os.geteuid() != 0:
+        return
+    if any(fields == ["refuse"] for fields in report.quick.get("root", [])):
+        raise Refused("permissions: user: expected an unprivileged user ([launch] root = "
+                      "\"refuse\"), found root; run as a normal user (e.g. `runuser -u USER "
+                      "-- ...` or `docker run --user`)")
+    if not _root_warned:
+        _root_warned = True
+        _say(prog, "warning: running as root; any file the program writes in the env's "
+                   "reach is root-owned")
+
+
+def _spawn(exe: str, argv: list[str], child_env: dict[str, str]) -> tuple[int, int]:
+    """fork/execve CMD, forward SIGINT/SIGTERM/SIGQUIT once each, wait; (pid, status)."""
+    import _signal  # the C module: `signal` costs ~13 ms to import, this well under one
+
+    watched = {*_FORWARDED, _SIGCHLD}
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, watched)
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+            os.execve(exe, argv, child_env)
+        finally:
+            os._exit(NOT_EXECUTABLE)
+    try:
+        while True:
+            info = _signal.sigwaitinfo(watched)
+            if info.si_signo == _SIGCHLD:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return pid, status
+            elif info.si_code != _SI_KERNEL:
+                # Sent to us alone (kill, scancel, docker stop): CMD has not seen it.
+                # A terminal's Ctrl-C (SI_KERNEL) already reached CMD's process group.
+                try:
+                    os.kill(pid, info.si_signo)
+                except ProcessLookupError:
+                    pass
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+
+
+def _exit_code(status: int) -> tuple[int, int | None]:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return 128 + sig, sig
+    return os.WEXITSTATUS(status), None
+
+
+def _say(prog: str, message: str) -> None:
+    sys.stderr.write(f"{prog}: {message}\n")
+
+
+# ---- run records -------------------------------------------------------------------------
+
+
+def runlog_path(env_dir: str) -> str | None:
+    explicit = os.environ.get("ENVBUILD_RUNLOG")
+    if explicit:
+        return explicit
+    store = os.environ.get("ENVBUILD_STORE")
+    if not store:
+        # envs live at <store>/envs/<name>-<key>: the store is two levels up
+        parent = os.path.dirname(env_dir)
+        if os.path.basename(parent) != "envs":
+            return None
+        store = os.path.dirname(parent)
+    return os.path.join(store, "runs", os.uname().nodename + ".jsonl")
+
+
+def _record(report: Report, argv: list[str], started: float, code: int, sig: int | None,
+            pid: int | None, environ: dict[str, str]) -> None:
+    path = runlog_path(report.env)
+    if path is None:
+        return
+    record = {
+        "started_utc": _utc(started), "ended_utc": _utc(time.time()), "exit_code": code,
+        "signal": _signal_name(sig) if sig else None, "argv": argv, "pid": pid,
+        "launcher_pid": os.getpid(), "host": os.uname().nodename, "ip": local_ip(),
+        "user": _user(), "cwd": _cwd(), "env": report.env,
+        "manifest_digest": report.manifest_digest,
+        "verify": {"level": report.level, "ok": report.ok,
+                   "differences": [d.to_json() for d in report.differences]},
+        "environment": redact(environ),
+    }
+    line = (to_json(record) + "\n").encode("utf-8", "surrogateescape")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)   # one write of one whole line: O_APPEND keeps lines whole
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        sys.stderr.write(f"envbuild: warning: run record not written to {path}: "
+                         f"{exc.strerror}\n")
+
+
+def redact(environ: dict[str, str]) -> dict[str, str]:
+    return {k: ("<redacted>" if any(w in k.upper() for w in _SECRET_WORDS) else v)
+            for k, v in sorted(environ.items())}
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def _signal_name(sig: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
+
+
+def local_ip() -> str | None:
+    """First non-loopback IPv4 address of a local interface, read from the kernel (no DNS)."""
+    try:
+        with open("/proc/net/fib_trie", encoding="ascii") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for prev, line in zip(lines, lines[1:]):
+        if line.strip() == "/32 host LOCAL":
+            addr = prev.strip().split()[-1]
+            if not addr.startswith("127."):
+                return addr
+    return "127.0.0.1" if any("/32 host LOCAL" in x for x in lines) else None
+
+
+def to_json(value: object) -> str:
+    """Compact JSON for str/int/bool/None/list/dict; `json` costs ~12 ms to import here."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _json_str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_json_str(str(k))}:{to_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(to_json(v) for v in value) + "]"
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+_ESC = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _json_str(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in _ESC:
+            out.append(_ESC[ch])
+        elif ch < " " or "\ud800" <= ch <= "\udfff":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+# ---- command lines -----------------------------------------------------------------------
+
+
+def parse_launch_args(args: list[str], prog: str, want_env: bool = False
+                      ) -> tuple[dict[str, str | None], list[str]]:
+    """`[--level L] [--expect D] [--local DIR] [ENV] [--] CMD ARGS...`: options stop at CMD.
+
+    With `want_env`, the first word that is not an option is ENV (returned as opts["env"]).
+    """
+    opts: dict[str, str | None] = {"level": "quick", "expect": None, "local": None, "env": None}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        name, eq, value = arg.partition("=")
+        if name in ("--level", "--expect", "--local"):
+            if not eq:
+                if i + 1 >= len(args):
+                    raise CommandError(REFUSED, f"{prog}: {name} needs a value")
+                value = args[i + 1]
+                i += 1
+            opts[name[2:]] = value
+            i += 1
+            continue
+        if arg.startswith("-") and arg != "-":
+            raise CommandError(REFUSED, f"{prog}: unknown option {arg} (options: --level, "
+                                        "--expect, --local; put -- before CMD)")
+        if want_env and opts["env"] is None:
+            opts["env"] = arg
+            i += 1
+            continue
+        break
+    if opts["level"] not in LEVELS:
+        raise CommandError(REFUSED, f"{prog}: --level: expected one of {', '.join(LEVELS)}, "
+                                    f"found {opts['level']!r}")
+    if want_env and opts["env"] is None:
+        raise CommandError(REFUSED, f"{prog}: expected ENV then CMD (usage: {prog} ENV "
+                                    "[--level L] [--expect D] [--] CMD ARGS...)")
+    return opts, args[i:]
+
+
+def run_main(args: list[str]) -> int:
+    """`envbuild run`, without typer or rich: this path is timed at every launch."""
+    try:
+        opts, cmd = parse_launch_args(args, "envbuild run", want_env=True)
+    except CommandError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return exc.code
+    return launch(str(opts["env"]), cmd, level=str(opts["level"]), expect=opts["expect"])
+
+
+def guard_main() -> None:
+    """Entry of ENV/bin/envbuild-guard: argv is [-c, BIN_DIR, options..., CMD...]."""
+    try:
+        env = os.path.dirname(os.path.abspath(sys.argv[1]))
+        opts, cmd = parse_launch_args(sys.argv[2:], "envbuild-guard")
+        if not os.path.exists(os.path.join(env, MANIFEST)):
+            raise CommandError(REFUSED, f"envbuild-guard: refused: {env} has no {MANIFEST}")
+        code = launch(env, cmd, level=str(opts["level"]), expect=opts["expect"],
+                      prog="envbuild-guard")
+    except CommandError as exc:
+        sys.stderr.write(f"{exc}\n")
+        code = exc.code
+    except BaseException as exc:  # noqa: BLE001 - any failure of the guard itself refuses
+        sys.stderr.write(f"envbuild-guard: refused: internal error: {exc!r}\n")
+        code = REFUSED
+    sys.stdout.flush()
+    os._exit(code)

@@ -1,0 +1,204 @@
+"""Locking a recipe with a resolver, and reading locks back.
+
+The lock is pip-compatible requirements text (`pip install --require-hashes -r` takes it)
+under a comment header that records what it was made from.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from packaging.markers import Marker
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from .errors import LockError, InputError
+from .fsutil import atomic_write
+from .proc import hermetic_env, run_tool
+from .recipe import Recipe
+
+LOCK_SCHEMA = "envbuild.lock/1"
+_HEADER_KEYS = ("recipe", "resolver", "python", "index-url", "find-links")
+
+
+class Resolver(Protocol):
+    """The seam a second resolver plugs into: recipe in, hashed requirements text out."""
+
+    name: str
+
+    def version(self) -> str: ...
+
+    def resolve(self, recipe: Recipe, previous: str | None, upgrade: bool,
+                upgrade_packages: tuple[str, ...]) -> str: ...
+
+
+class PipToolsResolver:
+    """pip-compile, run hermetically: the recipe and its [index] are the only inputs."""
+
+    name = "pip-tools"
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return version("pip-tools")
+
+    def resolve(self, recipe: Recipe, previous: str | None, upgrade: bool,
+                upgrade_packages: tuple[str, ...]) -> str:
+        with tempfile.TemporaryDirectory(prefix="envbuild-lock-") as tmp:
+            work = Path(tmp)
+            (work / "recipe.in").write_text("\n".join(recipe.dependencies) + "\n")
+            if previous is not None and not upgrade:
+                # pip-compile keeps the pins it finds in its output file.
+                (work / "recipe.txt").write_text(previous)
+            argv = [sys.executable, "-m", "piptools", "compile", "--quiet", "--no-config",
+                    "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
+                    "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
+                    "--index-url", recipe.index_url, "--output-file", "recipe.txt"]
+            for link in recipe.find_links:
+                argv += ["--find-links", str(link)]
+            if upgrade:
+                argv.append("--upgrade")
+            for package in upgrade_packages:
+                argv += ["--upgrade-package", package]
+            argv.append("recipe.in")
+            run_tool(argv, env=hermetic_env(), cwd=work)
+            return (work / "recipe.txt").read_text()
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    name: str
+    version: str
+    marker: Marker | None
+    hashes: tuple[str, ...]          # "sha256:<hex>", as the lock lists them
+
+    def applies(self, environment: dict[str, str]) -> bool:
+        return self.marker is None or self.marker.evaluate(environment)
+
+
+@dataclass(frozen=True)
+class Lock:
+    path: Path
+    text: str
+    header: dict[str, str]
+    entries: tuple[LockEntry, ...] = field(default=())
+
+
+def lock_recipe(recipe: Recipe, *, upgrade: bool = False, upgrade_packages: tuple[str, ...] = (),
+                resolver: Resolver | None = None) -> Path:
+    """Resolve the recipe and write `<stem>.lock` beside it, atomically."""
+    _check_python(recipe)
+    resolver = resolver or PipToolsResolver()
+    previous = recipe.lock_path.read_text() if recipe.lock_path.exists() else None
+    body = resolver.resolve(recipe, previous, upgrade, upgrade_packages)
+    header = {
+        "recipe": recipe.digest,
+        "resolver": f"{resolver.name} {resolver.version()}",
+        "python": "{}.{} ({})".format(*sys.version_info[:2], sys.implementation.name),
+        "index-url": redact_url(recipe.index_url),
+        "find-links": " ".join(str(p) for p in recipe.find_links) or "-",
+    }
+    lines = [f"# {LOCK_SCHEMA}"] + [f"# {k}: {header[k]}" for k in _HEADER_KEYS]
+    text = "\n".join(lines) + "\n#\n" + body
+    atomic_write(recipe.lock_path, text)
+    return recipe.lock_path
+
+
+def _check_python(recipe: Recipe) -> None:
+    current = "{}.{}.{}".format(*sys.version_info[:3])
+    if not recipe.requires_python.contains(current, prereleases=True):
+        raise InputError(f"{recipe.path}: requires-python: expected an interpreter matching "
+                         f"'{recipe.requires_python}', found {current} running envbuild; "
+                         "run envbuild with a matching Python")
+
+
+def lock_status(recipe: Recipe) -> str | None:
+    """None if the lock matches the recipe, else why not. Resolves nothing."""
+    path = recipe.lock_path
+    if not path.exists():
+        return f"{path}: no lock; run `envbuild lock {recipe.path}`"
+    header = read_header(path.read_text(), path)
+    if header.get("recipe") != recipe.digest:
+        return (f"{path}: stale: expected recipe digest {recipe.digest}, lock records "
+                f"{header.get('recipe')}; run `envbuild lock {recipe.path}`")
+    return None
+
+
+def read_header(text: str, path: Path) -> dict[str, str]:
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# envbuild.lock/"):
+        raise LockError(f"{path}: not an envbuild lock: expected a first line "
+                        f"'# {LOCK_SCHEMA}', found {lines[0][:60] if lines else 'an empty file'!r}")
+    if lines[0] != f"# {LOCK_SCHEMA}":
+        raise LockError(f"{path}: lock format {lines[0][2:]!r} is newer than this envbuild "
+                        f"understands ({LOCK_SCHEMA}); upgrade envbuild")
+    header: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line.startswith("# ") or ": " not in line:
+            break
+        key, _, value = line[2:].partition(": ")
+        header[key] = value
+    return header
+
+
+def read_lock(recipe: Recipe) -> Lock:
+    """The recipe's lock, refused when missing or stale (it is never silently re-locked)."""
+    problem = lock_status(recipe)
+    if problem:
+        raise LockError(problem)
+    path = recipe.lock_path
+    text = path.read_text()
+    return Lock(path=path, text=text, header=read_header(text, path),
+                entries=tuple(_entries(text, path)))
+
+
+def _entries(text: str, path: Path) -> list[LockEntry]:
+    """Requirement lines of pip-compile output: `name==version [; marker] --hash=...`."""
+    entries: list[LockEntry] = []
+    for number, line in _logical_lines(text):
+        parts = line.split(" --hash=")
+        try:
+            req = Requirement(parts[0].strip())
+        except InvalidRequirement as exc:
+            raise LockError(f"{path}: line {number}: not a requirement: {exc}") from None
+        pins = [s for s in req.specifier if s.operator == "=="]
+        if len(pins) != 1 or len(parts) < 2:
+            raise LockError(f"{path}: line {number}: expected 'name==version --hash=sha256:...', "
+                            f"found {line[:80]!r}; re-run `envbuild lock`")
+        entries.append(LockEntry(name=canonicalize_name(req.name), version=pins[0].version,
+                                 marker=req.marker,
+                                 hashes=tuple(h.strip() for h in parts[1:])))
+    return entries
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
+    buf, start = "", 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not buf:
+            start = number
+        if line.endswith("\\"):
+            buf += line[:-1].strip() + " "
+            continue
+        buf += line.strip()
+        if buf:
+            out.append((start, buf))
+        buf = ""
+    return out
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password@ removed: locks are committed and shared."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

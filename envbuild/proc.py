@@ -1,0 +1,52 @@
+"""The one way envbuild runs external tools (pip, pip-compile): logged, captured, typed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+from .errors import ToolError
+
+log = logging.getLogger(__name__)
+
+# Kept so TLS through an intercepting proxy still works with pip's own config removed.
+_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
+         "REQUESTS_CA_BUNDLE", "http_proxy", "https_proxy", "no_proxy",
+         "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SOURCE_DATE_EPOCH")
+
+
+def hermetic_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment in which pip sees no ambient configuration at all.
+
+    `PIP_CONFIG_FILE=/dev/null` makes pip skip every config file (global, user, site), and
+    dropping `PIP_*`/`PYTHON*` removes the rest: constraints, extra indexes, find-links.
+    """
+    env = {k: v for k, v in os.environ.items() if k in _KEEP}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PIP_NO_INPUT"] = "1"
+    env["PYTHONNOUSERSITE"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+             cwd: str | os.PathLike[str] | None = None) -> str:
+    """Run a tool to completion and return its combined output; raise ToolError on failure."""
+    args = [str(a) for a in argv]
+    log.debug("running %s", " ".join(args))
+    proc = subprocess.run(args, env=dict(env) if env is not None else hermetic_env(),
+                          cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, text=True, errors="replace")
+    if proc.returncode != 0:
+        raise ToolError(args, proc.returncode, proc.stdout)
+    return proc.stdout
+
+
+def pip_argv(*args: str) -> list[str]:
+    """pip as shipped beside envbuild, whatever interpreter it will act on."""
+    return [sys.executable, "-m", "pip", *args]

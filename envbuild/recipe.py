@@ -1,0 +1,208 @@
+"""The recipe: a small TOML file naming what goes into an environment, validated in full."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from .errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PYPI_SIMPLE = "https://pypi.org/simple"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+ALWAYS_UNSET = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_TABLES: dict[str, set[str]] = {
+    "": {"name", "requires-python", "dependencies", "index", "environment", "launch", "image"},
+    "index": {"url", "find-links"},
+    "environment": {"set", "require", "unset"},
+    "launch": {"hook", "root"},
+    "image": {"base", "user", "entrypoint"},
+}
+
+
+@dataclass(frozen=True)
+class EnvContract:
+    """What a launch does to the environment: defaults, requirements, removals."""
+
+    set: dict[str, str] = field(default_factory=dict)
+    require: tuple[str, ...] = ()
+    unset: tuple[str, ...] = ALWAYS_UNSET
+
+    def to_json(self) -> dict[str, Any]:
+        return {"set": dict(sorted(self.set.items())), "require": sorted(self.require),
+                "unset": sorted(self.unset)}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    digest: str
+    name: str
+    requires_python: SpecifierSet
+    dependencies: tuple[str, ...]
+    index_url: str
+    find_links: tuple[Path, ...]
+    environment: EnvContract
+    launch_hook: bool = False
+    launch_root: str = "warn"
+    image: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and validate a recipe; raise RecipeError listing every problem found."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(path, ["no such file: expected a recipe TOML file"]) from None
+    except OSError as exc:
+        raise RecipeError(path, [f"cannot read: {exc.strerror}"]) from None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(path, [f"not valid TOML: {exc}"]) from None
+    issues: list[str] = []
+    recipe = _validate(path, raw, text, data, issues)
+    if issues or recipe is None:
+        raise RecipeError(path, issues)
+    return recipe
+
+
+def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
+              issues: list[str]) -> Recipe | None:
+    def where(table: str, key: str) -> str:
+        line = _line_of(text, table, key)
+        dotted = f"{table}.{key}" if table else key
+        return f"line {line}: {dotted}" if line else dotted
+
+    for table, allowed in _TABLES.items():
+        section = data if not table else data.get(table, {})
+        if not isinstance(section, dict):
+            issues.append(f"{where('', table)}: expected a table, found {type(section).__name__}")
+            continue
+        for key in section:
+            if key not in allowed:
+                issues.append(f"{where(table, key)}: unknown key (allowed: "
+                              f"{', '.join(sorted(allowed))})")
+
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        issues.append(f"{where('', 'name')}: expected a name matching [a-z0-9][a-z0-9._-]*, "
+                      f"found {name!r}")
+    rp_raw = data.get("requires-python", "")
+    requires_python = SpecifierSet()
+    try:
+        if not isinstance(rp_raw, str):
+            raise InvalidSpecifier(repr(rp_raw))
+        requires_python = SpecifierSet(rp_raw)
+    except InvalidSpecifier:
+        issues.append(f"{where('', 'requires-python')}: expected a PEP 440 specifier such as "
+                      f"'>=3.11,<3.12', found {rp_raw!r}")
+    deps = data.get("dependencies")
+    if not isinstance(deps, list) or not deps:
+        issues.append(f"{where('', 'dependencies')}: expected a non-empty list of PEP 508 "
+                      f"requirements, found {deps!r}")
+        deps = []
+    for dep in deps:
+        try:
+            if not isinstance(dep, str):
+                raise InvalidRequirement(repr(dep))
+            req = Requirement(dep)
+            if req.url:
+                issues.append(f"{where('', 'dependencies')}: {dep!r}: direct URLs cannot be "
+                              "hash-locked from an index; publish it to an index or find-links")
+        except InvalidRequirement as exc:
+            issues.append(f"{where('', 'dependencies')}: not a PEP 508 requirement: {dep!r} "
+                          f"({exc})")
+
+    index = data.get("index", {}) if isinstance(data.get("index", {}), dict) else {}
+    index_url = index.get("url", os.environ.get("ENVBUILD_INDEX_URL") or PYPI_SIMPLE)
+    if not isinstance(index_url, str) or not re.match(r"^(https?|file)://", index_url):
+        issues.append(f"{where('index', 'url')}: expected an http(s):// or file:// URL, "
+                      f"found {index_url!r}")
+    links = index.get("find-links", [])
+    if not isinstance(links, list) or not all(isinstance(x, str) for x in links):
+        issues.append(f"{where('index', 'find-links')}: expected a list of paths, found {links!r}")
+        links = []
+    find_links = tuple((path.parent / x).resolve() for x in links)
+
+    contract = _contract(data.get("environment", {}), where, issues)
+    launch = data.get("launch", {}) if isinstance(data.get("launch", {}), dict) else {}
+    hook = launch.get("hook", False)
+    if not isinstance(hook, bool):
+        issues.append(f"{where('launch', 'hook')}: expected true or false, found {hook!r}")
+    root = launch.get("root", "warn")
+    if root not in ("warn", "refuse"):
+        issues.append(f"{where('launch', 'root')}: expected \"warn\" or \"refuse\", found {root!r}")
+    image = data.get("image", {}) if isinstance(data.get("image", {}), dict) else {}
+    entry = image.get("entrypoint")
+    if entry is not None and not (isinstance(entry, list)
+                                  and all(isinstance(x, str) for x in entry)):
+        issues.append(f"{where('image', 'entrypoint')}: expected a list of strings")
+    for key in ("base", "user"):
+        if key in image and not isinstance(image[key], str):
+            issues.append(f"{where('image', key)}: expected a string, found {image[key]!r}")
+    if issues:
+        return None
+    return Recipe(path=path.resolve(), digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+                  name=str(name), requires_python=requires_python,
+                  dependencies=tuple(str(d) for d in deps), index_url=str(index_url),
+                  find_links=find_links, environment=contract, launch_hook=bool(hook),
+                  launch_root=str(root), image=dict(image))
+
+
+def _contract(env: Any, where: Any, issues: list[str]) -> EnvContract:
+    if not isinstance(env, dict):
+        return EnvContract()
+    defaults = env.get("set", {})
+    if not isinstance(defaults, dict) or not all(isinstance(v, str) for v in defaults.values()):
+        issues.append(f"{where('environment', 'set')}: expected a table of NAME = \"value\" strings")
+        defaults = {}
+    names: dict[str, list[str]] = {}
+    for key in ("require", "unset"):
+        value = env.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            issues.append(f"{where('environment', key)}: expected a list of variable names")
+            value = []
+        names[key] = value
+    for var in [*defaults, *names["require"], *names["unset"]]:
+        if not ENV_NAME_RE.match(var):
+            issues.append(f"{where('environment', 'set')}: {var!r} is not a variable name")
+    unset = tuple(sorted(set(ALWAYS_UNSET) | set(names["unset"])))
+    return EnvContract(set=dict(defaults), require=tuple(names["require"]), unset=unset)
+
+
+def _line_of(text: str, table: str, key: str) -> int | None:
+    """Line number of `key` in `[table]` (top level if empty), to point the user at it."""
+    current = ""
+    key_re = re.compile(rf'^\s*"?{re.escape(key)}"?\s*[=.]')
+    header_re = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
+    for number, line in enumerate(text.splitlines(), 1):
+        header = header_re.match(line)
+        if header:
+            current = header.group(1).strip('"')
+            if not table and current == key:
+                return number
+            continue
+        if current == table and key_re.match(line):
+            return number
+    return None

@@ -1,0 +1,171 @@
+"""The store: where wheels, envs and run records live; env keys; the builders' lock.
+
+Locks hold on network file systems: the owner record is written first and linked into
+place in one step (link fails if the lock exists); a holder that is gone on this host, or
+whose lease (the lock's mtime, refreshed while it works) expired, is taken over by rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import BUILD_FORMAT
+from .fsutil import remove_tree
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60.0
+REFRESH_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Store:
+    root: Path
+
+    @classmethod
+    def locate(cls, explicit: Path | None = None) -> Store:
+        if explicit is None:
+            env = os.environ.get("ENVBUILD_STORE")
+            if env:
+                explicit = Path(env)
+            else:
+                import platformdirs
+
+                explicit = Path(platformdirs.user_cache_dir("envbuild"))
+        root = explicit.expanduser().absolute()
+        for sub in ("wheels", "built", "envs", "locks", "runs", "tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    @property
+    def envs(self) -> Path:
+        return self.root / "envs"
+
+    def env_path(self, name: str, env_key: str) -> Path:
+        return self.envs / f"{name}-{short_key(env_key)}"
+
+    def tmp_env_prefix(self, name: str, env_key: str) -> str:
+        return f".tmp-{name}-{short_key(env_key)}-"
+
+
+def short_key(env_key: str) -> str:
+    return env_key.removeprefix("sha256:")[:16]
+
+
+def env_key(lock_text: str, recipe_digest: str, interpreter: dict[str, object],
+            platform: str) -> str:
+    """A digest of everything that decides the env's bytes."""
+    material = json.dumps({"lock": hashlib.sha256(lock_text.encode()).hexdigest(),
+                           "recipe": recipe_digest, "interpreter": interpreter,
+                           "platform": platform, "format": BUILD_FORMAT},
+                          sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(material.encode()).hexdigest()
+
+
+# ---- the lock ----------------------------------------------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot: tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner() -> dict[str, object]:
+    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
+            "start": _start_time(os.getpid()), "token": uuid.uuid4().hex}
+
+
+def _holder_gone(path: Path) -> bool:
+    try:
+        st = path.stat()
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False  # vanished or half-read: look again on the next round
+    if owner.get("host") == socket.gethostname():
+        if owner.get("boot_id") != _boot_id():
+            return True
+        pid = int(owner.get("pid", 0))
+        return not pid or _start_time(pid) != owner.get("start")
+    return time.time() - st.st_mtime > LEASE_SECONDS
+
+
+@contextmanager
+def exclusive(path: Path, poll: float = 0.1) -> Iterator[None]:
+    """Hold the lock at `path` for the duration; waits for a live holder, takes over a dead one."""
+    owner = _owner()
+    tmp = path.with_name(f"{path.name}.{owner['token']}")
+    tmp.write_text(json.dumps(owner))
+    try:
+        while True:
+            try:
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                if _holder_gone(path):
+                    stale = path.with_name(f"{path.name}.stale.{owner['token']}")
+                    try:
+                        os.rename(path, stale)
+                        log.warning("took over lock %s from a builder that is gone", path)
+                        stale.unlink()
+                    except FileNotFoundError:
+                        pass
+                    continue
+                time.sleep(poll)
+    finally:
+        tmp.unlink(missing_ok=True)
+    stop = threading.Event()
+    refresher = threading.Thread(target=_refresh, args=(path, stop), daemon=True)
+    refresher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        refresher.join()
+        _release(path, str(owner["token"]))
+
+
+def _refresh(path: Path, stop: threading.Event) -> None:
+    while not stop.wait(REFRESH_SECONDS):
+        try:
+            os.utime(path)
+        except OSError:
+            return
+
+
+def _release(path: Path, token: str) -> None:
+    try:
+        if json.loads(path.read_text()).get("token") == token:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def clear_leftovers(store: Store, name: str, key: str) -> None:
+    """Remove half-built dirs of this key; only the lock holder may call this."""
+    prefix = store.tmp_env_prefix(name, key)
+    for entry in store.envs.iterdir():
+        if entry.name.startswith(prefix):
+            log.info("removing the leftover of an interrupted build: %s", entry)
+            remove_tree(entry)

@@ -1,0 +1,405 @@
+"""Verifying an env against its manifest at three levels. Stdlib only, and cheap to import:
+the guard inside every env and image runs this with `python -I -S`.
+
+Sidecars in `ENV/.envbuild/` are bound to the manifest by digest: `quick` (line-oriented,
+what a launch needs) and `files` (one line per file; its sha256 *is* the tree digest).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from .errors import NotAnEnvError
+from .names import escape, normalize, parse_dist_info, unescape
+
+try:  # hashlib costs ~11 ms to import; the C module it wraps costs well under one.
+    from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - Python 3.12+ renamed it
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
+    except ImportError:
+        from hashlib import sha256  # type: ignore[assignment,unused-ignore]
+
+MANIFEST = "envbuild-manifest.json"
+META = ".envbuild"
+QUICK = META + "/quick"
+FILES = META + "/files"
+QUICK_SCHEMA = "envbuild.quick/1"
+FILES_SCHEMA = "envbuild.files/1"
+LEVELS = ("quick", "files", "full")
+_WRITABLE = stat.S_IWGRP | stat.S_IWOTH
+
+
+class Difference:
+    """One way the runtime differs from the manifest."""
+
+    __slots__ = ("kind", "subject", "expected", "found")
+
+    def __init__(self, kind: str, subject: str, expected: object, found: object) -> None:
+        self.kind, self.subject = kind, subject
+        self.expected, self.found = str(expected), str(found)
+
+    def line(self) -> str:
+        return f"{self.kind}: {self.subject}: expected {self.expected}, found {self.found}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "subject": self.subject, "expected": self.expected,
+                "found": self.found}
+
+    def __repr__(self) -> str:
+        return f"Difference({self.line()!r})"
+
+
+class Report:
+    __slots__ = ("env", "level", "manifest_digest", "differences", "quick")
+
+    def __init__(self, env: str, level: str, digest: str, differences: list[Difference],
+                 quick: dict[str, list[list[str]]]) -> None:
+        self.env, self.level, self.manifest_digest = env, level, digest
+        self.differences, self.quick = differences, quick
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + sha256(data).hexdigest()
+
+
+def read_quick(text: str) -> dict[str, list[list[str]]]:
+    """The quick sidecar as {record kind: [fields, ...]} (tab-separated, escaped)."""
+    lines = text.split("\n")
+    if lines[0] != QUICK_SCHEMA:
+        raise ValueError(f"expected {QUICK_SCHEMA}, found {lines[0][:40]!r}")
+    out: dict[str, list[list[str]]] = {}
+    for line in lines[1:]:
+        if line:
+            kind, *fields = line.split("\t")
+            out.setdefault(kind, []).append([unescape(f) for f in fields])
+    return out
+
+
+def format_quick(records: list[tuple[str, ...]]) -> str:
+    return QUICK_SCHEMA + "\n" + "".join(
+        "\t".join(escape(f) for f in rec) + "\n" for rec in records)
+
+
+def files_line(kind: str, mode: int, size: int, digest_hex: str, relpath: str) -> str:
+    return f"{kind}\t{mode:04o}\t{size}\t{digest_hex}\t{escape(relpath)}\n"
+
+
+def read_files(text: str) -> dict[str, tuple[str, int, int, str]]:
+    """The files sidecar as {relpath: (kind 'f' or 'l', mode, size, sha256 hex)}."""
+    lines = text.split("\n")
+    if lines[0] != FILES_SCHEMA:
+        raise ValueError(f"expected {FILES_SCHEMA}, found {lines[0][:40]!r}")
+    out: dict[str, tuple[str, int, int, str]] = {}
+    for line in lines[1:]:
+        if line:
+            kind, mode, size, digest, path = line.split("\t")
+            out[unescape(path)] = (kind, int(mode, 8), int(size), digest)
+    return out
+
+
+def verify(env: str, level: str = "quick", expect: str | None = None,
+           trusted_uids: tuple[int, ...] = (), environ: dict[str, str] | None = None
+           ) -> Report:
+    """Compare the env at `env` with its manifest; raise NotAnEnvError if it is not one."""
+    if level not in LEVELS:
+        raise ValueError(f"level: expected one of {', '.join(LEVELS)}, found {level!r}")
+    env = os.path.abspath(env)
+    try:
+        with open(os.path.join(env, MANIFEST), "rb") as fh:
+            manifest = fh.read()
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotAnEnvError(f"{env}: not an envbuild env: expected {MANIFEST}, found none; "
+                            "build one with `envbuild build RECIPE`") from None
+    except OSError as exc:
+        raise NotAnEnvError(f"{env}: cannot read {MANIFEST}: {exc.strerror}") from None
+    digest = sha256_bytes(manifest)
+    diffs: list[Difference] = []
+    if expect is not None and expect != digest:
+        diffs.append(Difference("manifest", MANIFEST, expect, digest))
+    quick = _bound_sidecar(env, manifest, QUICK, b'"quick":"', diffs)
+    records: dict[str, list[list[str]]] = {}
+    if quick is not None:
+        try:
+            records = read_quick(quick.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            diffs.append(Difference("manifest", QUICK, QUICK_SCHEMA, f"unreadable ({exc})"))
+    if records:
+        _check_quick(env, records, trusted_uids, os.environ if environ is None else environ,
+                     diffs)
+    if level != "quick":
+        _check_files(env, manifest, level == "full", trusted_uids, diffs)
+    return Report(env, level, digest, diffs, records)
+
+
+def _bound_sidecar(env: str, manifest: bytes, rel: str, key: bytes,
+                   diffs: list[Difference]) -> bytes | None:
+    """A sidecar's bytes if the manifest records their digest; else a difference."""
+    try:
+        with open(os.path.join(env, rel), "rb") as fh:
+            data = fh.read()
+    except OSError:
+        diffs.append(Difference("missing", rel, "present", "absent"))
+        return None
+    found = sha256_bytes(data)
+    if key + found.encode() + b'"' not in manifest:
+        diffs.append(Difference("manifest", rel, "the digest the manifest records", found))
+        return None
+    return data
+
+
+def _trusted(uids: tuple[int, ...]) -> set[int]:
+    return {0, os.geteuid(), *uids}
+
+
+def _check_quick(env: str, rec: dict[str, list[list[str]]], trusted_uids: tuple[int, ...],
+                 environ: dict[str, str] | os._Environ[str], diffs: list[Difference]) -> None:
+    site = rec["site"][0][0]
+    trusted = _trusted(trusted_uids)
+    paths = ["", "bin", site, MANIFEST, QUICK]
+    expected = {fields[0] for fields in rec.get("entry", [])}
+    try:
+        found = {n for n in os.listdir(os.path.join(env, site))
+                 if n.endswith(".dist-info") or n.endswith(".pth")}
+    except OSError as exc:
+        diffs.append(Difference("missing", site, "a directory", exc.strerror))
+        found = set()
+    paths += [f"{site}/{n}" for n in sorted(found) if n.endswith(".pth")]
+    _compare_entries(site, expected, found, diffs)
+    for rel in paths:
+        _check_owner_mode(env, rel, trusted, diffs)
+    for path, real, digest, version in rec.get("python", []):
+        _check_interpreter(env, path, real, digest, version, diffs)
+    for (name,) in rec.get("require", []):
+        if name not in environ:
+            diffs.append(Difference("environment", name, "set (the recipe requires it)",
+                                    "unset"))
+    _check_host(rec, diffs)
+
+
+def _compare_entries(site: str, expected: set[str], found: set[str],
+                     diffs: list[Difference]) -> None:
+    exp_dists = {p[0]: p[1] for p in map(parse_dist_info, expected - found) if p}
+    got_dists = {p[0]: p[1] for p in map(parse_dist_info, found - expected) if p}
+    for name in sorted(exp_dists.keys() & got_dists.keys()):
+        diffs.append(Difference("version", name, exp_dists[name], got_dists[name]))
+    for entry in sorted(expected - found):
+        parsed = parse_dist_info(entry)
+        if not (parsed and parsed[0] in got_dists):
+            diffs.append(Difference("missing", f"{site}/{entry}", "present", "absent"))
+    for entry in sorted(found - expected):
+        parsed = parse_dist_info(entry)
+        if not (parsed and parsed[0] in exp_dists):
+            diffs.append(Difference("added", f"{site}/{entry}", "absent", "present"))
+
+
+def _check_owner_mode(env: str, rel: str, trusted: set[int], diffs: list[Difference]) -> None:
+    try:
+        st = os.lstat(os.path.join(env, rel) if rel else env)
+    except OSError:
+        return  # a missing path is reported by the check that needs it
+    _owner_mode_diff(rel or ".", st, trusted, diffs)
+
+
+def _owner_mode_diff(rel: str, st: os.stat_result, trusted: set[int],
+                     diffs: list[Difference]) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        return
+    if st.st_uid not in trusted:
+        diffs.append(Difference("permissions", rel, "owner root, you or the staging root's "
+                                "owner", f"uid {st.st_uid}"))
+    if st.st_mode & _WRITABLE:
+        diffs.append(Difference("permissions", rel, "not group/world-writable",
+                                f"mode {stat.S_IMODE(st.st_mode):04o}"))
+
+
+def _check_interpreter(env: str, link: str, real: str, digest: str, version: str,
+                       diffs: list[Difference]) -> None:
+    found = os.path.realpath(os.path.join(env, link))
+    if found != real:
+        diffs.append(Difference("interpreter", link, real, found))
+        return
+    got = interpreter_digest(found)
+    if got is None:
+        diffs.append(Difference("interpreter", link, f"{real} (Python {version})", "missing"))
+    elif got != digest:
+        diffs.append(Difference("interpreter", real, digest, got))
+
+
+def cache_dir() -> str:
+    """Per-user cache, per host: a home directory is often shared by every node."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "envbuild", "hosts", os.uname().nodename)
+
+
+def cached(name: str, key: str) -> str | None:
+    try:
+        with open(os.path.join(cache_dir(), name), encoding="utf-8") as fh:
+            stored_key, _, value = fh.read().partition("\n")
+    except OSError:
+        return None
+    return value if stored_key == key else None
+
+
+def remember(name: str, key: str, value: str) -> None:
+    """Best effort: a cache that cannot be written only costs time."""
+    path = os.path.join(cache_dir(), name)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(f"{key}\n{value}")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def interpreter_digest(path: str) -> str | None:
+    """sha256 of an executable, cached per host by its stat so launches rarely hash it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = f"{path} {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+    name = "interp-" + sha256(path.encode()).hexdigest()[:24]
+    value = cached(name, key)
+    if value is None:
+        value = file_digest(path)
+        remember(name, key, value)
+    return value
+
+
+def file_digest(path: str) -> str:
+    h = sha256()
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _check_host(rec: dict[str, list[list[str]]], diffs: list[Difference]) -> None:
+    for (needed,) in rec.get("glibc", []):
+        have = _host_glibc()
+        if have is not None and _vtuple(have) < _vtuple(needed):
+            diffs.append(Difference("host", "glibc", f">= {needed}", have))
+    sonames = [fields[0] for fields in rec.get("lib", [])]
+    if not sonames:
+        return
+    key = sha256("\n".join(sonames).encode()).hexdigest()
+    name = "libs-" + key[:24]
+    if cached(name, key) == "ok":
+        return
+    from .hostreq import missing_libraries
+
+    missing = missing_libraries(sonames)
+    for soname in missing:
+        diffs.append(Difference("host", soname, "a shared library on this host", "not found"))
+    if not missing:
+        remember(name, key, "ok")
+
+
+def _host_glibc() -> str | None:
+    try:
+        value = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        return None
+    return value.split()[-1] if value.startswith("glibc") else None
+
+
+def _vtuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split(".") if x.isdigit())
+
+
+def walk(env: str) -> dict[str, os.stat_result]:
+    """Every path under env (relative POSIX) with its lstat, outside the manifest and META."""
+    out: dict[str, os.stat_result] = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(env, rel) if rel else env) as it:
+            for entry in it:
+                sub = f"{rel}/{entry.name}" if rel else entry.name
+                if not rel and entry.name in (MANIFEST, META):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                out[sub] = st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(sub)
+    return out
+
+
+def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[int, ...],
+                 diffs: list[Difference]) -> None:
+    data = _bound_sidecar(env, manifest, FILES, b'"tree_digest":"', diffs)
+    if data is None:
+        return
+    recorded = read_files(data.decode("utf-8"))
+    found = walk(env)
+    trusted = _trusted(trusted_uids)
+    to_hash: list[str] = []
+    for rel, (kind, mode, size, digest) in sorted(recorded.items()):
+        st = found.get(rel)
+        if st is None:
+            diffs.append(Difference("missing", rel, "present", "absent"))
+        elif kind == "l":
+            if not stat.S_ISLNK(st.st_mode):
+                diffs.append(Difference("modified", rel, "a symlink", "not a symlink"))
+            else:
+                target = os.readlink(os.path.join(env, rel))
+                if sha256(target.encode()).hexdigest() != digest:
+                    diffs.append(Difference("modified", rel, "the recorded link target",
+                                            f"a link to {target}"))
+        elif not stat.S_ISREG(st.st_mode):
+            diffs.append(Difference("modified", rel, "a regular file", "another kind of file"))
+        elif st.st_size != size:
+            diffs.append(Difference("modified", rel, f"{size} bytes", f"{st.st_size} bytes"))
+        else:
+            if stat.S_IMODE(st.st_mode) != mode and not stat.S_IMODE(st.st_mode) & _WRITABLE:
+                diffs.append(Difference("permissions", rel, f"mode {mode:04o}",
+                                        f"mode {stat.S_IMODE(st.st_mode):04o}"))
+            to_hash.append(rel)
+    for rel in sorted(found):
+        st = found[rel]
+        if rel not in recorded and not stat.S_ISDIR(st.st_mode):
+            diffs.append(Difference("added", rel, "absent", "present"))
+        _owner_mode_diff(rel, st, trusted, diffs)
+    if content:
+        for rel, got in hash_files(env, to_hash):
+            want = recorded[rel][3]
+            if got != want:
+                diffs.append(Difference("modified", rel, f"sha256:{want}", f"sha256:{got}"))
+
+
+def hash_files(env: str, rels: list[str]) -> list[tuple[str, str]]:
+    """(relpath, sha256 hex) for each file, hashed in parallel: sha256 releases the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(rel: str) -> tuple[str, str]:
+        h = sha256()
+        with open(os.path.join(env, rel), "rb", buffering=0) as fh:
+            while True:
+                chunk = fh.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+        return rel, h.hexdigest()
+
+    workers = min(8, (os.cpu_count() or 1) + 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, rels, chunksize=64))
+
+
+def main_python_version() -> str:
+    return "{}.{}.{}".format(*sys.version_info[:3])
+
+
+__all__ = ["Difference", "Report", "verify", "normalize", "LEVELS"]

@@ -1,0 +1,182 @@
+"""The hash-checked wheel cache: every artifact is stored under its own sha256 and checked
+against the lock each time it is used; wheels built from sdists are cached by the sdist's
+hash. Nothing whose bytes do not match the lock is ever handed to the installer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+from .errors import BuildError, CacheIntegrityError
+from .fsutil import publish_dir, remove_tree
+from .interpreter import Interpreter
+from .lock import LockEntry
+from .proc import hermetic_env, pip_argv, run_tool
+from .recipe import Recipe
+from .store import Store
+from .verify import file_digest
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    entry: LockEntry
+    artifact: Path          # the file the lock hashed (a wheel, or an sdist)
+    sha256: str             # "sha256:<hex>" of `artifact`, one of the lock's hashes
+    wheel: Path             # what gets installed: `artifact` itself, or the wheel built from it
+    wheel_sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    return file_digest(str(path))
+
+
+class WheelCache:
+    def __init__(self, store: Store, interp: Interpreter, recipe: Recipe, offline: bool,
+                 progress: Progress) -> None:
+        self.store, self.interp, self.recipe = store, interp, recipe
+        self.offline, self.progress = offline, progress
+        self.tags = interp.supported_tags()
+
+    def fill(self, entries: list[LockEntry]) -> list[Artifact]:
+        """One checked artifact per entry, downloading (or building) only what is missing."""
+        found: dict[str, Path] = {}
+        missing: list[LockEntry] = []
+        for entry in entries:
+            path = self._lookup(entry)
+            if path is None:
+                missing.append(entry)
+            else:
+                found[entry.name] = path
+        if missing:
+            if self.offline:
+                names = ", ".join(f"{e.name}=={e.version}" for e in missing)
+                raise CacheIntegrityError(f"--offline: expected every artifact in the wheel "
+                                          f"cache, found none for {names}; build once without "
+                                          "--offline to fill the cache")
+            self.progress(f"downloading {len(missing)} of {len(entries)} artifacts")
+            found.update(self._download(missing))
+        return [self._wheel_for(entry, found[entry.name]) for entry in entries]
+
+    def _lookup(self, entry: LockEntry) -> Path | None:
+        candidates: list[Path] = []
+        for digest in entry.hashes:
+            folder = self.store.root / "wheels" / digest.removeprefix("sha256:")
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if file_sha256(path) != digest:
+                    if self.offline:
+                        raise CacheIntegrityError(
+                            f"{path}: expected sha256 {digest} (from the lock), found "
+                            f"{file_sha256(path)}; the cached file is corrupt and --offline "
+                            "forbids fetching it again; build without --offline")
+                    log.warning("%s: bytes no longer match the lock's hash; discarding it "
+                                "and fetching it again", path)
+                    remove_tree(folder)
+                    break
+                candidates.append(path)
+        wheels = [p for p in candidates if p.suffix == ".whl" and self._compatible(p.name)]
+        sdists = [p for p in candidates if p.suffix != ".whl"]
+        return (wheels or sdists or [None])[0]
+
+    def _compatible(self, filename: str) -> bool:
+        try:
+            return bool(parse_wheel_filename(filename)[3] & self.tags)
+        except InvalidWheelFilename:
+            return False
+
+    def _index_args(self) -> list[str]:
+        args = ["--index-url", self.recipe.index_url]
+        for link in self.recipe.find_links:
+            args += ["--find-links", str(link)]
+        return args
+
+    def _pip(self, *args: str) -> list[str]:
+        return pip_argv("--python", self.interp.executable, *args)
+
+    def _download(self, entries: list[LockEntry]) -> dict[str, Path]:
+        tmp = Path(tempfile.mkdtemp(prefix="download-", dir=self.store.root / "tmp"))
+        try:
+            reqs = tmp / "requirements.txt"
+            reqs.write_text("".join(
+                f"{e.name}=={e.version} " + " ".join(f"--hash={h}" for h in e.hashes) + "\n"
+                for e in entries))
+            run_tool(self._pip("download", "--no-deps", "--require-hashes", "--progress-bar",
+                               "off", "--dest", str(tmp / "files"), "-r", str(reqs),
+                               *self._index_args()),
+                     env=hermetic_env())
+            by_hash = {h: e for e in entries for h in e.hashes}
+            got: dict[str, Path] = {}
+            for path in sorted((tmp / "files").iterdir()):
+                digest = file_sha256(path)
+                entry = by_hash.get(digest)
+                if entry is None:
+                    raise BuildError(f"{path.name}: pip downloaded a file whose sha256 "
+                                     f"{digest} is not in the lock")
+                got[entry.name] = self._adopt(path, digest)
+            return got
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _adopt(self, path: Path, digest: str) -> Path:
+        """Move a checked download into its content-addressed place."""
+        folder = self.store.root / "wheels" / digest.removeprefix("sha256:")
+        staging = Path(tempfile.mkdtemp(prefix="adopt-", dir=self.store.root / "tmp"))
+        os.replace(path, staging / path.name)
+        if not publish_dir(staging, folder):
+            remove_tree(staging)
+        return folder / path.name
+
+    def _wheel_for(self, entry: LockEntry, path: Path) -> Artifact:
+        digest = file_sha256(path)   # checked again: the cache is shared with other builders
+        if digest not in entry.hashes:
+            raise CacheIntegrityError(f"{path}: expected one of {', '.join(entry.hashes)}, "
+                                      f"found {digest}; remove it and build again")
+        if path.suffix == ".whl":
+            return Artifact(entry, path, digest, path, digest)
+        wheel, wheel_digest = self._built_wheel(path, digest)
+        return Artifact(entry, path, digest, wheel, wheel_digest)
+
+    def _built_wheel(self, sdist: Path, digest: str) -> tuple[Path, str]:
+        """The wheel built from `sdist` for this interpreter, built once and then reused."""
+        key = f"{digest.removeprefix('sha256:')}-{self.interp.abi}-{self.interp.platform}"
+        folder = self.store.root / "built" / key
+        record = folder / "wheel.sha256"
+        if record.exists():
+            wheel_digest, _, name = record.read_text().partition(" ")
+            wheel = folder / name
+            if wheel.exists() and file_sha256(wheel) == wheel_digest:
+                return wheel, wheel_digest
+            log.warning("%s: the wheel built from %s changed; building it again", folder,
+                        sdist.name)
+            remove_tree(folder)
+        self.progress(f"building a wheel from {sdist.name}")
+        staging = Path(tempfile.mkdtemp(prefix="wheel-", dir=self.store.root / "tmp"))
+        try:
+            index = ["--no-index"] if self.offline else self._index_args()
+            run_tool(self._pip("wheel", "--no-deps", "--progress-bar", "off", "--wheel-dir",
+                               str(staging), str(sdist), *index),
+                     env=hermetic_env({"SOURCE_DATE_EPOCH": "315532800"}))
+            wheels = list(staging.glob("*.whl"))
+            if len(wheels) != 1:
+                raise BuildError(f"{sdist.name}: expected one wheel from the build, found "
+                                 f"{len(wheels)}")
+            wheel_digest = file_sha256(wheels[0])
+            (staging / "wheel.sha256").write_text(f"{wheel_digest} {wheels[0].name}")
+            if not publish_dir(staging, folder):
+                remove_tree(staging)
+                return self._built_wheel(sdist, digest)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        return folder / wheels[0].name, wheel_digest
