@@ -1,0 +1,108 @@
+"""Shared fixtures: a real local package index, a session store with a built env, and ways
+to call envbuild in-process (fast) or as a real subprocess (end to end)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from envbuild.cli import app
+from pkgindex import LocalIndex, build_index
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DEPS = ["beta[fast]", "sdistonly", "delta", "pthpkg"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_host_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep per-host caches and run records out of the user's home."""
+    saved = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "ENVBUILD_STORE",
+                                            "ENVBUILD_RUNLOG", "ENVBUILD_INDEX_URL")}
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    for key in ("ENVBUILD_STORE", "ENVBUILD_RUNLOG", "ENVBUILD_INDEX_URL"):
+        os.environ.pop(key, None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def index(tmp_path_factory: pytest.TempPathFactory) -> LocalIndex:
+    return build_index(tmp_path_factory.mktemp("index"))
+
+
+def write_recipe(directory: Path, index: LocalIndex, deps: list[str] | None = None,
+                 name: str = "demo", extra: str = "") -> Path:
+    """A recipe against the local index; `extra` is appended TOML (tables)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.toml"
+    dep_list = ", ".join(f'"{d}"' for d in (deps or DEMO_DEPS))
+    path.write_text(f'name = "{name}"\nrequires-python = ">=3.9"\n'
+                    f"dependencies = [{dep_list}]\n\n"
+                    f'[index]\nurl = "{index.simple_url}"\n\n{extra}')
+    return path
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str | Path) -> Result:
+    """envbuild in-process, through typer."""
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def envbuild(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """envbuild as a real subprocess, the way CI and job scripts call it."""
+    return subprocess.run([sys.executable, "-m", "envbuild", *map(str, args)], env=env,
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Built:
+    recipe: Path
+    store: Path
+    env: Path
+    digest: str
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, index: LocalIndex) -> Built:
+    """The demo recipe locked and built once per session. Never modify it: copy it."""
+    work = tmp_path_factory.mktemp("built")
+    recipe = write_recipe(work, index, extra='[environment]\nset = { OMP_NUM_THREADS = "1" }\n')
+    assert cli("lock", recipe).exit_code == 0
+    res = cli("build", recipe, "--store", work / "store", "--json")
+    assert res.exit_code == 0, res.stderr
+    import json
+
+    info = json.loads(res.stdout)
+    return Built(recipe, work / "store", Path(info["path"]), info["manifest_digest"])
+
+
+def copy_env(src: Path, dst: Path) -> Path:
+    """A copy of a built env at another path, with its read-only modes kept."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def make_writable(path: Path) -> None:
+    from envbuild.fsutil import make_writable as mw
+
+    mw(path)
