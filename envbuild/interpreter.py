@@ -31,7 +31,8 @@ print(json.dumps({
     "libc": " ".join(platform.libc_ver()).strip(),
     "executable": os.path.realpath(sys.executable),
     "stdlib": sysconfig.get_path("stdlib"),
-    "site": os.path.relpath(sysconfig.get_path("purelib", vars={"base": "/B", "platbase": "/B"}), "/B"),
+    "site": os.path.relpath(
+        sysconfig.get_path("purelib", vars={"base": "/B", "platbase": "/B"}), "/B"),
     "markers": {
         "implementation_name": impl, "implementation_version": iver,
         "os_name": os.name, "platform_machine": platform.machine(),
@@ -88,7 +89,8 @@ def probe(python: str | None) -> Interpreter:
         out = run_tool([exe, "-I", "-S", "-c", _PROBE], env=hermetic_env())
         info = json.loads(out.strip().splitlines()[-1])
     except Exception as exc:  # noqa: BLE001 - any failure means it is not a usable Python
-        raise InputError(f"--python: {exe} did not answer as a Python >= 3.9 would: {exc}") from None
+        raise InputError(f"--python: {exe} did not answer as a Python >= 3.9 would: "
+                         f"{exc}") from None
     real = info["executable"]
     return Interpreter(executable=real, implementation=info["implementation"],
                        version=info["version"], abi=info["abi"], platform=info["platform"],

@@ -113,7 +113,7 @@ def _check_root(report: Report, prog: str) -> None:
 
 def _spawn(exe: str, argv: list[str], child_env: dict[str, str]) -> tuple[int, int]:
     """fork/execve CMD, forward SIGINT/SIGTERM/SIGQUIT once each, wait; (pid, status)."""
-    import _signal  # the C module: `signal` costs ~13 ms to import, this well under one
+    import _signal  # type: ignore[import-not-found,unused-ignore]  # the C module: `signal` costs ~13 ms to import, this well under one
 
     watched = {*_FORWARDED, _SIGCHLD}
     old = _signal.pthread_sigmask(_signal.SIG_BLOCK, watched)

@@ -17,7 +17,7 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import LockError, InputError
+from .errors import InputError, LockError
 from .fsutil import atomic_write
 from .proc import hermetic_env, run_tool
 from .recipe import Recipe

@@ -21,8 +21,17 @@ from . import __version__
 from .errors import BuildError, InputError
 from .fsutil import atomic_write
 from .hostreq import HostNeeds
-from .verify import (FILES, FILES_SCHEMA, MANIFEST, META, QUICK, files_line, format_quick,
-                     sha256_bytes, walk)
+from .verify import (
+    FILES,
+    FILES_SCHEMA,
+    MANIFEST,
+    META,
+    QUICK,
+    files_line,
+    format_quick,
+    sha256_bytes,
+    walk,
+)
 
 SCHEMA = "envbuild.manifest/1"
 

@@ -175,7 +175,8 @@ def _contract(env: Any, where: Any, issues: list[str]) -> EnvContract:
         return EnvContract()
     defaults = env.get("set", {})
     if not isinstance(defaults, dict) or not all(isinstance(v, str) for v in defaults.values()):
-        issues.append(f"{where('environment', 'set')}: expected a table of NAME = \"value\" strings")
+        issues.append(f"{where('environment', 'set')}: expected a table of "
+                      'NAME = "value" strings')
         defaults = {}
     names: dict[str, list[str]] = {}
     for key in ("require", "unset"):

@@ -66,7 +66,7 @@ class Report:
 
 
 def sha256_bytes(data: bytes) -> str:
-    return "sha256:" + sha256(data).hexdigest()
+    return "sha256:" + str(sha256(data).hexdigest())
 
 
 def read_quick(text: str) -> dict[str, list[list[str]]]:
@@ -166,7 +166,7 @@ def _check_quick(env: str, rec: dict[str, list[list[str]]], trusted_uids: tuple[
     expected = {fields[0] for fields in rec.get("entry", [])}
     try:
         found = {n for n in os.listdir(os.path.join(env, site))
-                 if n.endswith(".dist-info") or n.endswith(".pth")}
+                 if n.endswith((".dist-info", ".pth"))}
     except OSError as exc:
         diffs.append(Difference("missing", site, "a directory", exc.strerror))
         found = set()
@@ -283,7 +283,7 @@ def file_digest(path: str) -> str:
             if not chunk:
                 break
             h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + str(h.hexdigest())
 
 
 def _check_host(rec: dict[str, list[list[str]]], diffs: list[Difference]) -> None:

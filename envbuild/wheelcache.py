@@ -87,7 +87,8 @@ class WheelCache:
                 candidates.append(path)
         wheels = [p for p in candidates if p.suffix == ".whl" and self._compatible(p.name)]
         sdists = [p for p in candidates if p.suffix != ".whl"]
-        return (wheels or sdists or [None])[0]
+        best = wheels or sdists
+        return best[0] if best else None
 
     def _compatible(self, filename: str) -> bool:
         try:
