@@ -21,6 +21,7 @@ from .errors import InputError
 from .fsutil import publish_dir, remove_tree
 from .hostreq import scan
 from .interpreter import Interpreter, probe
+from .launch import HOOK_PTH, hook_line
 from .lock import Lock, read_lock
 from .manifest import seal
 from .proc import hermetic_env, pip_argv, run_tool
@@ -123,6 +124,8 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
               "--invalidation-mode", "checked-hash", "-s", str(tmp),
               str(tmp / interp.site), str(tmp / "lib" / "envbuild-launch")],
              env=hermetic_env({"PYTHONHASHSEED": "0"}))
+    if recipe.launch_hook:
+        (tmp / interp.site / HOOK_PTH).write_text(hook_line())
     _normalize_files(tmp)
     progress("writing the manifest")
     identity = interp.identity()

@@ -156,25 +156,21 @@ def _say(prog: str, message: str) -> None:
 # ---- run records -------------------------------------------------------------------------
 
 
-def runlog_path(env_dir: str) -> str | None:
+def runlog_path() -> str:
+    """$ENVBUILD_RUNLOG, else one file per host in the store: appends are not atomic
+    across NFS clients, so hosts never share a file."""
     explicit = os.environ.get("ENVBUILD_RUNLOG")
     if explicit:
         return explicit
-    store = os.environ.get("ENVBUILD_STORE")
-    if not store:
-        # envs live at <store>/envs/<name>-<key>: the store is two levels up
-        parent = os.path.dirname(env_dir)
-        if os.path.basename(parent) != "envs":
-            return None
-        store = os.path.dirname(parent)
+    store = os.environ.get("ENVBUILD_STORE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "envbuild")   # platformdirs.user_cache_dir("envbuild") on Linux, without importing it
     return os.path.join(store, "runs", os.uname().nodename + ".jsonl")
 
 
 def _record(report: Report, argv: list[str], started: float, code: int, sig: int | None,
             pid: int | None, environ: dict[str, str]) -> None:
-    path = runlog_path(report.env)
-    if path is None:
-        return
+    path = runlog_path()
     record = {
         "started_utc": _utc(started), "ended_utc": _utc(time.time()), "exit_code": code,
         "signal": _signal_name(sig) if sig else None, "argv": argv, "pid": pid,
@@ -332,6 +328,45 @@ def run_main(args: list[str]) -> int:
         sys.stderr.write(f"{exc}\n")
         return exc.code
     return launch(str(opts["env"]), cmd, level=str(opts["level"]), expect=opts["expect"])
+
+
+HOOK_PTH = "000-envbuild-hook.pth"
+_HOOK_CODE = """\
+import os as _o, sys as _s
+_p = _o.path.join(_s.prefix, "lib", "envbuild-launch")
+try:
+    _s.path.insert(0, _p)
+    from envbuild.launch import hook_check as _h
+    _h(_s.prefix)
+except BaseException as _e:
+    _s.stderr.write("envbuild-hook: refused: internal error: %r\\n" % (_e,))
+    _o._exit(125)
+"""
+
+
+def hook_line() -> str:
+    """The one line of the opt-in `.pth` hook: `site` runs lines that start with `import`,
+    and swallows their exceptions, hence `os._exit`."""
+    return f"import sys; exec({_HOOK_CODE!r})\n"
+
+
+def hook_check(prefix: str) -> None:
+    """At interpreter start (the `.pth` hook): exit 125 unless the env matches its manifest."""
+    try:
+        report = verify(prefix, level="quick", contract=False)
+    except NotAnEnvError as exc:
+        sys.stderr.write(f"envbuild-hook: refused: {exc}\n")
+        os._exit(REFUSED)
+    if not report.ok:
+        for diff in report.differences:
+            sys.stderr.write(f"envbuild-hook: refused: {diff.line()}\n")
+        os._exit(REFUSED)
+    # Leave no trace: the program may have its own `envbuild` on sys.path.
+    for name in [m for m in sys.modules if m == "envbuild" or m.startswith("envbuild.")]:
+        del sys.modules[name]
+    launch_dir = os.path.join(prefix, "lib", "envbuild-launch")
+    if launch_dir in sys.path:
+        sys.path.remove(launch_dir)
 
 
 def guard_main() -> None:

@@ -105,9 +105,13 @@ def read_files(text: str) -> dict[str, tuple[str, int, int, str]]:
 
 
 def verify(env: str, level: str = "quick", expect: str | None = None,
-           trusted_uids: tuple[int, ...] = (), environ: dict[str, str] | None = None
-           ) -> Report:
-    """Compare the env at `env` with its manifest; raise NotAnEnvError if it is not one."""
+           trusted_uids: tuple[int, ...] = (), environ: dict[str, str] | None = None,
+           contract: bool = True) -> Report:
+    """Compare the env at `env` with its manifest; raise NotAnEnvError if it is not one.
+
+    `contract=False` leaves out the launch contract's required variables: the interpreter
+    start hook checks the env, not how a program was launched.
+    """
     if level not in LEVELS:
         raise ValueError(f"level: expected one of {', '.join(LEVELS)}, found {level!r}")
     env = os.path.abspath(env)
@@ -131,6 +135,8 @@ def verify(env: str, level: str = "quick", expect: str | None = None,
         except (ValueError, UnicodeDecodeError) as exc:
             diffs.append(Difference("manifest", QUICK, QUICK_SCHEMA, f"unreadable ({exc})"))
     if records:
+        if not contract:
+            environ = {name: "" for (name,) in records.get("require", [])}
         _check_quick(env, records, trusted_uids, os.environ if environ is None else environ,
                      diffs)
     if level != "quick":
@@ -154,14 +160,22 @@ def _bound_sidecar(env: str, manifest: bytes, rel: str, key: bytes,
     return data
 
 
-def _trusted(uids: tuple[int, ...]) -> set[int]:
-    return {0, os.geteuid(), *uids}
+def _trusted(env: str, uids: tuple[int, ...]) -> set[int]:
+    """Root, you, and for a staged env (ROOT/.envs/NAME-KEY) the staging root's owner."""
+    trusted = {0, os.geteuid(), *uids}
+    parent = os.path.dirname(env)
+    if os.path.basename(parent) == ".envs":
+        try:
+            trusted.add(os.stat(os.path.dirname(parent)).st_uid)
+        except OSError:
+            pass
+    return trusted
 
 
 def _check_quick(env: str, rec: dict[str, list[list[str]]], trusted_uids: tuple[int, ...],
                  environ: dict[str, str] | os._Environ[str], diffs: list[Difference]) -> None:
     site = rec["site"][0][0]
-    trusted = _trusted(trusted_uids)
+    trusted = _trusted(env, trusted_uids)
     paths = ["", "bin", site, MANIFEST, QUICK]
     expected = {fields[0] for fields in rec.get("entry", [])}
     try:
@@ -344,7 +358,7 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
         return
     recorded = read_files(data.decode("utf-8"))
     found = walk(env)
-    trusted = _trusted(trusted_uids)
+    trusted = _trusted(env, trusted_uids)
     to_hash: list[str] = []
     for rel, (kind, mode, size, digest) in sorted(recorded.items()):
         st = found.get(rel)
