@@ -41,11 +41,20 @@ def handle_errors(not_an_env_code: int = 2) -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _progress() -> Callable[[str], None]:
-    """Plain lines on stderr: readable in CI logs and on a terminal alike."""
-    def say(message: str) -> None:
-        typer.echo(f"envbuild: {message}", err=True)
-    return say
+@contextmanager
+def _progress() -> Iterator[Callable[[str], None]]:
+    """A live status line on a terminal; plain lines on stderr otherwise (CI logs)."""
+    if not sys.stderr.isatty():
+        yield lambda message: typer.echo(f"envbuild: {message}", err=True)
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True, log_path=False)
+    with console.status("envbuild: starting") as status:
+        def say(message: str) -> None:
+            console.log(f"envbuild: {message}")
+            status.update(f"envbuild: {message}")
+        yield say
 
 
 @app.callback()
@@ -110,9 +119,9 @@ def build(
     """
     from .build import build as do_build
 
-    with handle_errors():
+    with handle_errors(), _progress() as progress:
         result = do_build(recipe, store_dir=store, python=python, offline=offline,
-                          progress=_progress())
+                          progress=progress)
     if as_json:
         typer.echo(json.dumps(result.to_json(), sort_keys=True))
     else:
