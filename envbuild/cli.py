@@ -80,7 +80,7 @@ def lock(
     Ambient pip configuration (PIP_* variables, pip.conf, constraint files) is ignored: the
     recipe and its [index] table are the only inputs. Prints the lock's path.
     """
-    from .lock import lock_recipe, lock_status
+    from .lock import lock_recipe, lock_status, redact_url
     from .recipe import load_recipe
 
     with handle_errors():
@@ -93,7 +93,7 @@ def lock(
             typer.echo(f"{loaded.lock_path}: up to date")
             return
         typer.echo(f"envbuild: resolving {len(loaded.dependencies)} requirements "
-                   f"against {loaded.index_url}", err=True)
+                   f"against {redact_url(loaded.index_url)}", err=True)
         path = lock_recipe(loaded, upgrade=upgrade,
                            upgrade_packages=tuple(upgrade_package or ()))
     typer.echo(str(path))

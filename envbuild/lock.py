@@ -196,9 +196,6 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
 def redact_url(url: str) -> str:
     """The URL with any user:password@ removed: locks are committed and shared."""
     parts = urlsplit(url)
-    if parts.username or parts.password:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

@@ -185,9 +185,12 @@ def _contract(env: Any, where: Any, issues: list[str]) -> EnvContract:
             issues.append(f"{where('environment', key)}: expected a list of variable names")
             value = []
         names[key] = value
-    for var in [*defaults, *names["require"], *names["unset"]]:
-        if not ENV_NAME_RE.match(var):
-            issues.append(f"{where('environment', 'set')}: {var!r} is not a variable name")
+    for key, variables in (("set", list(defaults)), ("require", names["require"]),
+                           ("unset", names["unset"])):
+        for var in variables:
+            if not ENV_NAME_RE.match(var):
+                issues.append(f"{where('environment', key)}: expected a variable name "
+                              f"([A-Za-z_][A-Za-z0-9_]*), found {var!r}")
     unset = tuple(sorted(set(ALWAYS_UNSET) | set(names["unset"])))
     return EnvContract(set=dict(defaults), require=tuple(names["require"]), unset=unset)
 
@@ -196,6 +199,9 @@ def _line_of(text: str, table: str, key: str) -> int | None:
     """Line number of `key` in `[table]` (top level if empty), to point the user at it."""
     current = ""
     key_re = re.compile(rf'^\s*"?{re.escape(key)}"?\s*[=.]')
+    # `table.key = ...` or `table = { ..., key = ... }` written at the top level
+    dotted_re = re.compile(rf'^\s*"?{re.escape(table)}"?\s*(\.\s*"?{re.escape(key)}"?\s*[=.]'
+                           rf'|=\s*{{.*\b{re.escape(key)}\s*=)')
     header_re = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
     for number, line in enumerate(text.splitlines(), 1):
         header = header_re.match(line)
@@ -205,5 +211,7 @@ def _line_of(text: str, table: str, key: str) -> int | None:
                 return number
             continue
         if current == table and key_re.match(line):
+            return number
+        if table and current == "" and dotted_re.match(line):
             return number
     return None

@@ -1,0 +1,283 @@
+"""Recipe validation: every problem named with file, key and line, exit 2, nothing written;
+and what a valid recipe parses to."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from conftest import cli
+from packaging.specifiers import SpecifierSet
+from pkgindex import LocalIndex
+
+from envbuild.errors import RecipeError
+from envbuild.recipe import ALWAYS_UNSET, PYPI_SIMPLE, load_recipe
+
+ALWAYS = {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE"}
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` (relative path -> bytes): a change anywhere shows."""
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def valid_text(index: LocalIndex) -> str:
+    """A recipe that locks fine against the local index: the base each bad case breaks."""
+    return (f'name = "demo"\n'                              # line 1
+            f'requires-python = ">=3.9"\n'                  # line 2
+            f'dependencies = ["alpha", "beta"]\n'           # line 3
+            f'\n'                                           # line 4
+            f'[index]\n'                                    # line 5
+            f'url = "{index.simple_url}"\n'                 # line 6
+            f'\n'                                           # line 7
+            f'[environment]\n'                              # line 8
+            f'set = {{ OMP_NUM_THREADS = "1" }}\n'          # line 9
+            f'require = ["HOME"]\n'                         # line 10
+            f'\n'                                           # line 11
+            f'[launch]\n'                                   # line 12
+            f'root = "warn"\n')                             # line 13
+
+
+def replace_line(text: str, number: int, new: str) -> str:
+    lines = text.splitlines()
+    lines[number - 1] = new
+    return "\n".join(lines) + "\n"
+
+
+# (id, line number to replace, replacement, words the message must contain)
+BAD_CASES = [
+    ("unknown-top-level-key", 4, "bogus = 1", ["bogus", "line 4", "unknown key"]),
+    ("unknown-key-in-table", 7, 'mirror = "https://example.invalid/simple"',
+     ["index.mirror", "line 7", "unknown key"]),
+    ("unknown-key-in-launch", 13, "rooot = \"warn\"", ["launch.rooot", "line 13"]),
+    ("bad-name", 1, 'name = "Bad Name"', ["name", "line 1", "Bad Name"]),
+    ("bad-name-uppercase", 1, 'name = "Demo"', ["name", "line 1", "Demo"]),
+    ("bad-requires-python", 2, 'requires-python = ">=3.x"',
+     ["requires-python", "line 2", ">=3.x"]),
+    ("requires-python-not-a-string", 2, "requires-python = 3.11",
+     ["requires-python", "line 2"]),
+    ("bad-requirement", 3, 'dependencies = ["alpha", "beta >>> 1"]',
+     ["dependencies", "line 3", "beta >>> 1"]),
+    ("dependencies-not-a-list", 3, 'dependencies = "alpha"', ["dependencies", "line 3"]),
+    ("dependencies-empty", 3, "dependencies = []", ["dependencies", "line 3"]),
+    ("bad-launch-root", 13, 'root = "maybe"', ["launch.root", "line 13", "maybe"]),
+    ("bad-env-var-name-in-set", 9, 'set = { "OMP-THREADS" = "1" }',
+     ["environment.set", "line 9", "OMP-THREADS"]),
+    ("env-set-value-not-string", 9, "set = { OMP_NUM_THREADS = 1 }",
+     ["environment.set", "line 9"]),
+    ("bad-index-url", 6, 'url = "ftp://example.invalid/simple"',
+     ["index.url", "line 6", "ftp://"]),
+]
+
+
+def assert_refused(recipe: Path, words: list[str]) -> str:
+    """`envbuild lock` refuses with exit 2, naming the file and `words`, writing nothing."""
+    before = snapshot(recipe.parent)
+    res = cli("lock", recipe)
+    assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr)
+    assert str(recipe) in res.stderr, res.stderr
+    for word in words:
+        assert word in res.stderr, (word, res.stderr)
+    assert not recipe.with_suffix(".lock").exists()
+    assert snapshot(recipe.parent) == before
+    return res.stderr
+
+
+@pytest.mark.parametrize("line,new,words", [c[1:] for c in BAD_CASES],
+                         ids=[c[0] for c in BAD_CASES])
+def test_bad_recipe_is_refused_with_file_key_and_line(
+        tmp_path: Path, index: LocalIndex, line: int, new: str, words: list[str]) -> None:
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(replace_line(valid_text(index), line, new))
+    assert_refused(recipe, words)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe)
+    assert len(info.value.issues) == 1, info.value.issues
+
+
+def test_valid_base_recipe_locks(tmp_path: Path, index: LocalIndex) -> None:
+    """The control for the cases above: unbroken, the same recipe locks."""
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(valid_text(index))
+    res = cli("lock", recipe)
+    assert res.exit_code == 0, res.stderr
+    assert recipe.with_suffix(".lock").is_file()
+
+
+def test_malformed_toml(tmp_path: Path, index: LocalIndex) -> None:
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(replace_line(valid_text(index), 3, 'dependencies = ["alpha", beta]'))
+    stderr = assert_refused(recipe, ["TOML", "line 3"])
+    assert "Traceback" not in stderr
+    with pytest.raises(RecipeError):
+        load_recipe(recipe)
+
+
+def test_malformed_toml_unterminated(tmp_path: Path) -> None:
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text('name = "demo"\ndependencies = ["alpha"\n')
+    assert_refused(recipe, ["TOML"])
+
+
+def test_refusal_keeps_an_existing_lock_untouched(tmp_path: Path, index: LocalIndex) -> None:
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(valid_text(index))
+    assert cli("lock", recipe).exit_code == 0
+    lock_before = recipe.with_suffix(".lock").read_bytes()
+    recipe.write_text(replace_line(valid_text(index), 4, "bogus = 1"))
+    before = snapshot(tmp_path)
+    res = cli("lock", recipe)
+    assert res.exit_code == 2
+    assert recipe.with_suffix(".lock").read_bytes() == lock_before
+    assert snapshot(tmp_path) == before
+    # --check on a bad recipe is bad input too, not "stale"
+    assert cli("lock", "--check", recipe).exit_code == 2
+
+
+def test_several_problems_are_all_listed(tmp_path: Path, index: LocalIndex) -> None:
+    text = valid_text(index)
+    text = replace_line(text, 1, 'name = "Bad Name"')
+    text = replace_line(text, 2, 'requires-python = "python3"')
+    text = replace_line(text, 3, 'dependencies = ["alpha", "beta >>> 1"]')
+    text = replace_line(text, 4, "bogus = true")
+    text = replace_line(text, 7, 'mirror = "x"')
+    text = replace_line(text, 13, 'root = "maybe"')
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(text)
+    stderr = assert_refused(recipe, ["name", "requires-python", "beta >>> 1", "bogus",
+                                     "index.mirror", "launch.root"])
+    for expected in ("line 1", "line 2", "line 3", "line 4", "line 7", "line 13"):
+        assert expected in stderr, (expected, stderr)
+    problem_lines = [ln for ln in stderr.splitlines() if "line " in ln]
+    assert len(problem_lines) == 6, stderr
+    assert all(str(recipe) in ln for ln in problem_lines), stderr
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe)
+    assert len(info.value.issues) == 6, info.value.issues
+
+
+def test_bad_variable_name_in_require_names_that_key(tmp_path: Path, index: LocalIndex) -> None:
+    """A bad name in `require` must point at `environment.require` and its line, not `set`."""
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(replace_line(valid_text(index), 10, 'require = ["NOT-A-NAME"]'))
+    stderr = assert_refused(recipe, ["NOT-A-NAME"])
+    assert "environment.require" in stderr, stderr
+    assert "line 10" in stderr, stderr
+
+
+def test_bad_variable_name_in_unset_names_that_key(tmp_path: Path, index: LocalIndex) -> None:
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(replace_line(valid_text(index), 11, 'unset = ["1BAD"]'))
+    stderr = assert_refused(recipe, ["1BAD"])
+    assert "environment.unset" in stderr, stderr
+    assert "line 11" in stderr, stderr
+
+
+def test_unknown_dotted_key_names_its_line(tmp_path: Path, index: LocalIndex) -> None:
+    """TOML's dotted-key form of a table (`launch.bogus = 1`) still gets a line number."""
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(replace_line(valid_text(index), 4, "launch.bogus = true")
+                      .replace("[launch]\nroot = \"warn\"\n", ""))
+    assert_refused(recipe, ["launch.bogus", "line 4"])
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    res = cli("lock", tmp_path / "nope.toml")
+    assert res.exit_code == 2
+    assert "nope.toml" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- valid recipes ----------------------------------------------------------------------
+
+
+FULL = """\
+name = "analysis.v2_x"
+requires-python = ">=3.11,<3.12"
+dependencies = ["numpy>=1.26", "requests[socks]>=2.31", 'tomli>=2; python_version < "3.11"']
+
+[index]
+url = "https://mirror.example/simple"
+find-links = ["wheels/", "../shared/wheels"]
+
+[environment]
+set = { OMP_NUM_THREADS = "1", LANG = "C.UTF-8" }
+require = ["SCRATCH"]
+unset = ["LD_PRELOAD"]
+
+[launch]
+hook = true
+root = "refuse"
+
+[image]
+base = "localhost/python:3.11"
+user = "app"
+entrypoint = ["python", "-m", "analysis"]
+"""
+
+
+def test_valid_recipe_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sub = tmp_path / "project"
+    sub.mkdir()
+    recipe_path = sub / "analysis.toml"
+    recipe_path.write_text(FULL)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # find-links are relative to the recipe, not the cwd
+    monkeypatch.setenv("ENVBUILD_INDEX_URL", "https://ignored.example/simple")
+    r = load_recipe(Path("../project/analysis.toml"))
+    assert r.path == recipe_path.resolve()
+    assert r.lock_path == recipe_path.resolve().with_name("analysis.lock")
+    assert r.digest == "sha256:" + hashlib.sha256(FULL.encode()).hexdigest()
+    assert r.name == "analysis.v2_x"
+    assert r.requires_python == SpecifierSet(">=3.11,<3.12")
+    assert r.dependencies == ("numpy>=1.26", "requests[socks]>=2.31",
+                              'tomli>=2; python_version < "3.11"')
+    assert r.index_url == "https://mirror.example/simple"  # the recipe beats the variable
+    assert r.find_links == ((sub / "wheels").resolve(), (tmp_path / "shared/wheels").resolve())
+    assert all(p.is_absolute() for p in r.find_links)
+    assert r.environment.set == {"OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
+    assert tuple(r.environment.require) == ("SCRATCH",)
+    assert set(r.environment.unset) == ALWAYS | {"LD_PRELOAD"}
+    assert r.launch_hook is True
+    assert r.launch_root == "refuse"
+    assert r.image == {"base": "localhost/python:3.11", "user": "app",
+                       "entrypoint": ["python", "-m", "analysis"]}
+
+
+def test_minimal_recipe_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "mini.toml"
+    path.write_text('name = "mini"\ndependencies = ["alpha"]\n')
+    r = load_recipe(path)
+    assert r.index_url == PYPI_SIMPLE == "https://pypi.org/simple"
+    assert r.find_links == ()
+    assert r.requires_python == SpecifierSet("")
+    assert r.environment.set == {}
+    assert tuple(r.environment.require) == ()
+    assert set(r.environment.unset) == ALWAYS
+    assert r.launch_hook is False
+    assert r.launch_root == "warn"
+
+
+def test_index_url_defaults_to_envbuild_index_url(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "mini.toml"
+    path.write_text('name = "mini"\ndependencies = ["alpha"]\n\n[index]\nfind-links = ["w"]\n')
+    monkeypatch.setenv("ENVBUILD_INDEX_URL", "https://mirror.example/pypi/simple")
+    assert load_recipe(path).index_url == "https://mirror.example/pypi/simple"
+    monkeypatch.delenv("ENVBUILD_INDEX_URL")
+    assert load_recipe(path).index_url == PYPI_SIMPLE
+
+
+def test_always_unset_even_when_recipe_lists_others(tmp_path: Path) -> None:
+    path = tmp_path / "u.toml"
+    path.write_text('name = "u"\ndependencies = ["alpha"]\n\n[environment]\n'
+                    'unset = ["FOO", "PYTHONPATH"]\n')
+    unset = load_recipe(path).environment.unset
+    assert set(unset) == ALWAYS | {"FOO"}
+    assert len(unset) == len(set(unset))  # listed once each
+    assert set(ALWAYS_UNSET) == ALWAYS
+    contract = load_recipe(path).environment.to_json()
+    assert set(contract["unset"]) >= ALWAYS
