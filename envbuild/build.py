@@ -45,8 +45,14 @@ if [ ! -x "$b/python" ]; then
   echo "envbuild-guard: refused: interpreter: $b/python: expected an executable, found none" >&2
   exit 125
 fi
-exec "$b/python" -I -S -c 'import sys;sys.path.insert(0,sys.argv[1]+"/../lib/envbuild-launch")
-from envbuild.launch import guard_main;guard_main()' "$b" "$@"
+exec "$b/python" -I -S -c 'import sys
+try:
+    sys.path.insert(0, sys.argv[1] + "/../lib/envbuild-launch")
+    from envbuild.launch import guard_main
+except BaseException as e:
+    sys.stderr.write("envbuild-guard: refused: cannot load the launch modules: %r\\n" % (e,))
+    sys.exit(125)
+guard_main()' "$b" "$@"
 """
 LAUNCH_MODULES = ("errors.py", "names.py", "verify.py", "launch.py", "hostreq.py")
 

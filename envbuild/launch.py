@@ -112,18 +112,35 @@ def _check_root(report: Report, prog: str) -> None:
 
 
 def _spawn(exe: str, argv: list[str], child_env: dict[str, str]) -> tuple[int, int]:
-    """fork/execve CMD, forward SIGINT/SIGTERM/SIGQUIT once each, wait; (pid, status)."""
-    import _signal  # type: ignore[import-not-found,unused-ignore]  # the C module: `signal` costs ~13 ms to import, this well under one
+    """fork/execve CMD, forward SIGINT/SIGTERM/SIGQUIT once each, wait; (pid, status).
+
+    At a terminal (we are its foreground group), CMD shares our process group so job
+    control and reading the terminal work; the terminal's own signals (Ctrl-C, Ctrl-\\)
+    reach CMD directly and are not forwarded. Otherwise CMD gets a process group of its
+    own, so a signal sent to our group (`timeout`, CI runners) reaches it only through us,
+    and it is killed if we die.
+    """
+    import _signal  # type: ignore[import-not-found,unused-ignore]  # `signal` costs ~13 ms
 
     watched = {*_FORWARDED, _SIGCHLD}
+    own_group = not _at_terminal()
+    parent = os.getpid()
     old = _signal.pthread_sigmask(_signal.SIG_BLOCK, watched)
     pid = os.fork()
     if pid == 0:  # child
         try:
+            if own_group:
+                os.setpgid(0, 0)
+                _die_with(parent)
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
             os.execve(exe, argv, child_env)
         finally:
             os._exit(NOT_EXECUTABLE)
+    if own_group:
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child did it first, or has already exec'd
     try:
         while True:
             info = _signal.sigwaitinfo(watched)
@@ -131,15 +148,35 @@ def _spawn(exe: str, argv: list[str], child_env: dict[str, str]) -> tuple[int, i
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     return pid, status
-            elif info.si_code != _SI_KERNEL:
-                # Sent to us alone (kill, scancel, docker stop): CMD has not seen it.
-                # A terminal's Ctrl-C (SI_KERNEL) already reached CMD's process group.
+            elif own_group or info.si_code != _SI_KERNEL:
                 try:
                     os.kill(pid, info.si_signo)
                 except ProcessLookupError:
                     pass
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+
+
+def _at_terminal() -> bool:
+    for fd in (0, 1, 2):
+        try:
+            return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:
+            continue
+    return False
+
+
+def _die_with(parent: int) -> None:
+    """In CMD before exec: be killed when the launcher dies (it can be SIGKILLed, and CMD
+    is outside the process group such a kill was aimed at)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    except (ImportError, OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(REFUSED)
 
 
 def _exit_code(status: int) -> tuple[int, int | None]:
