@@ -198,21 +198,23 @@ def _relocate(tmp: Path, interp: Interpreter) -> None:
             new = _TRAMPOLINE + rest
             path.write_bytes(new)
             rewritten[f"bin/{path.name}"] = new
-    activate = bin_dir / "activate"
-    text = activate.read_text()
-    text = text.replace(f'VIRTUAL_ENV="{tmp}"',
-                        'VIRTUAL_ENV="$(cd "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." && pwd)"')
-    activate.write_text(text)
-    fish = bin_dir / "activate.fish"
-    fish.write_text(fish.read_text().replace(
-        f'set -gx VIRTUAL_ENV "{tmp}"',
-        "set -gx VIRTUAL_ENV (builtin realpath (dirname (status -f))/..)"))
+    # venv writes the path quoted or not, depending on the Python; replace the whole line
+    _replace_line(bin_dir / "activate", "VIRTUAL_ENV=",
+                  'VIRTUAL_ENV="$(cd "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." && pwd)"')
+    _replace_line(bin_dir / "activate.fish", "set -gx VIRTUAL_ENV ",
+                  "set -gx VIRTUAL_ENV (builtin realpath (dirname (status -f))/..)")
     # csh cannot find its own script's path; rather no activate.csh than a wrong one
     (bin_dir / "activate.csh").unlink(missing_ok=True)
     cfg = tmp / "pyvenv.cfg"
     cfg.write_text("".join(line for line in cfg.read_text().splitlines(True)
                            if not line.startswith("command = ")))
     _update_records(tmp / interp.site, tmp, rewritten)
+
+
+def _replace_line(path: Path, prefix: str, new: str) -> None:
+    lines = path.read_text().splitlines(True)
+    path.write_text("".join(new + "\n" if line.lstrip().startswith(prefix) else line
+                            for line in lines))
 
 
 def _update_records(site: Path, root: Path, rewritten: dict[str, bytes]) -> None:

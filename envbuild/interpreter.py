@@ -31,8 +31,9 @@ print(json.dumps({
     "libc": " ".join(platform.libc_ver()).strip(),
     "executable": os.path.realpath(sys.executable),
     "stdlib": sysconfig.get_path("stdlib"),
-    "site": os.path.relpath(
-        sysconfig.get_path("purelib", vars={"base": "/B", "platbase": "/B"}), "/B"),
+    "site": os.path.relpath(sysconfig.get_path(
+        "purelib", "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix",
+        vars={"base": "/B", "platbase": "/B"}), "/B"),
     "markers": {
         "implementation_name": impl, "implementation_version": iver,
         "os_name": os.name, "platform_machine": platform.machine(),

@@ -1,0 +1,533 @@
+"""`envbuild build` end to end: real pip against the local index, real subprocesses, real
+kill -9. Every test that builds uses its own store under tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import cli, copy_env, envbuild, write_recipe
+from pkgindex import LocalIndex, write_wheel
+
+MANIFEST = "envbuild-manifest.json"
+OTHER_PYTHON = "/usr/bin/python3.11"
+
+
+# ---- helpers --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory, index: LocalIndex) -> Path:
+    """The demo recipe, locked once for this module. Tests must not edit it."""
+    recipe = write_recipe(tmp_path_factory.mktemp("locked"), index)
+    res = cli("lock", recipe)
+    assert res.exit_code == 0, res.stderr
+    return recipe
+
+
+def lock(recipe: Path) -> Path:
+    res = cli("lock", recipe)
+    assert res.exit_code == 0, res.stderr
+    return recipe.with_suffix(".lock")
+
+
+def build_json(recipe: Path, store: Path, *args: str | Path,
+               env: dict[str, str] | None = None) -> dict:
+    res = envbuild("build", recipe, "--store", store, "--json", *args, env=env)
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def verify_full(env: Path | str) -> None:
+    res = cli("verify", env, "--level", "full")
+    assert res.exit_code == 0, res.stdout + res.stderr
+
+
+def lock_hashes(lock_path: Path) -> dict[str, str]:
+    """{name: "sha256:<hex>"} read independently of envbuild's own lock reader."""
+    text = re.sub(r"\\\n\s*", " ", lock_path.read_text())
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s+--hash=(sha256:[0-9a-f]{64})",
+                     line)
+        if m:
+            out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(3)
+    return out
+
+
+def env_dirs(store: Path) -> list[str]:
+    envs = store / "envs"
+    return sorted(os.listdir(envs)) if envs.is_dir() else []
+
+
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()] \
+        if root.is_dir() else []
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every path under root (root included) with inode, mode, size and mtime_ns."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in ["", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(path)
+            out[os.path.relpath(path, root)] = (st.st_ino, st.st_mode, st.st_size,
+                                                st.st_mtime_ns)
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cached_artifact(store: Path, digest: str) -> Path:
+    folder = store / "wheels" / digest.removeprefix("sha256:")
+    found = sorted(folder.iterdir())
+    assert len(found) == 1, found
+    return found[0]
+
+
+def clean_env(*drop: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+# ---- output, key, cache hit -----------------------------------------------------------
+
+
+def test_build_prints_path_and_json_and_second_build_is_a_cache_hit(
+        locked: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    res = envbuild("build", locked, "--store", store)
+    assert res.returncode == 0, res.stderr
+    path = Path(res.stdout.strip().splitlines()[-1])
+    assert path.is_absolute() and (path / MANIFEST).is_file()
+
+    # the first build left nothing in the store's tmp/
+    assert files_under(store / "tmp") == []
+    tmp_before = sorted(os.listdir(store / "tmp"))
+    envs_before = env_dirs(store)
+    env_before = snapshot(path)
+    wheels_before = snapshot(store / "wheels")
+
+    info = build_json(locked, store)
+    assert set(info) >= {"path", "env_key", "manifest_digest", "cached"}
+    assert info["cached"] is True
+    assert Path(info["path"]) == path
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", info["env_key"])
+    assert path == (store / "envs" / f"demo-{info['env_key'][7:23]}").absolute()
+    manifest = (path / MANIFEST).read_bytes()
+    assert info["manifest_digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
+    assert json.loads(manifest)["env_key"] == info["env_key"]
+
+    # no install happened: the env, the envs dir, the wheel cache and tmp/ are untouched
+    assert snapshot(path) == env_before
+    assert env_dirs(store) == envs_before == [path.name]
+    assert sorted(os.listdir(store / "tmp")) == tmp_before
+    assert snapshot(store / "wheels") == wheels_before
+
+
+# ---- missing and stale locks ----------------------------------------------------------
+
+
+def test_missing_lock_is_an_error_and_creates_nothing(index: LocalIndex,
+                                                      tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", index)
+    store = tmp_path / "store"
+    res = envbuild("build", recipe, "--store", store)
+    assert res.returncode == 2, res.stderr
+    assert "envbuild lock" in res.stderr
+    assert not recipe.with_suffix(".lock").exists()   # never silently re-locked
+    assert env_dirs(store) == []
+    assert files_under(store) == []
+
+
+def test_stale_lock_is_an_error_and_builds_nothing(index: LocalIndex, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", index)
+    lock_path = lock(recipe)
+    lock_text = lock_path.read_text()
+    recipe.write_text(recipe.read_text() + '[environment]\nset = { OMP_NUM_THREADS = "2" }\n')
+    store = tmp_path / "store"
+    res = envbuild("build", recipe, "--store", store)
+    assert res.returncode == 2, res.stderr
+    assert "stale" in res.stderr and "envbuild lock" in res.stderr
+    assert lock_path.read_text() == lock_text          # never silently re-locked
+    assert env_dirs(store) == []
+    assert files_under(store / "wheels") == []
+
+
+# ---- a corrupt wheel cache ------------------------------------------------------------
+
+
+def _evil_wheel(tmp: Path) -> bytes:
+    """A valid alpha 2.0 wheel, same file name, other content: pip would install it."""
+    tmp.mkdir()
+    name = write_wheel(str(tmp), "alpha", "2.0",
+                       "Metadata-Version: 2.1\nName: alpha\nVersion: 2.0\n",
+                       {"alpha/__init__.py": '__version__ = "EVIL"\n\n\ndef main():\n'
+                                             '    print("EVIL")\n'},
+                       "[console_scripts]\nalpha = alpha:main\n")
+    return (tmp / name).read_bytes()
+
+
+def _corrupt(path: Path, data: bytes | None = None) -> None:
+    path.parent.chmod(path.parent.stat().st_mode | stat.S_IRWXU)
+    path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    if data is None:
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        data = bytes(raw)
+    path.write_bytes(data)
+
+
+def test_corrupt_cached_wheel_is_refetched_never_installed(index: LocalIndex,
+                                                           tmp_path: Path) -> None:
+    first = write_recipe(tmp_path / "a", index)
+    hashes = lock_hashes(lock(first))
+    store = tmp_path / "store"
+    build_json(first, store)
+    alpha = cached_artifact(store, hashes["alpha"])
+    assert alpha.name == "alpha-2.0-py3-none-any.whl"
+    evil = _evil_wheel(tmp_path / "evil")
+    _corrupt(alpha, evil)
+    assert sha256_file(alpha) != hashes["alpha"]
+
+    # same dependencies, another recipe name: a new env key that needs alpha again
+    second = write_recipe(tmp_path / "b", index, name="other")
+    assert lock_hashes(lock(second)) == hashes
+    res = envbuild("build", second, "--store", store, "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["cached"] is False
+    assert "warning" in res.stderr.lower() and str(alpha) in res.stderr, res.stderr
+    assert sha256_file(cached_artifact(store, hashes["alpha"])) == hashes["alpha"]
+
+    env = Path(info["path"])
+    assert env.name.startswith("other-")
+    verify_full(env)
+    for path in files_under(env):
+        assert b"EVIL" not in path.read_bytes(), path
+    out = subprocess.run([env / "bin" / "alpha"], capture_output=True, text=True, check=True)
+    assert out.stdout == "alpha 2.0\n"
+    with zipfile.ZipFile(index.wheel("alpha-2.0-py3-none-any.whl")) as whl:
+        good = whl.read("alpha/__init__.py")
+    site = next(env.glob("lib/python*/site-packages"))
+    assert (site / "alpha" / "__init__.py").read_bytes() == good
+
+
+def test_corrupt_cached_wheel_offline_is_refused(index: LocalIndex, tmp_path: Path) -> None:
+    first = write_recipe(tmp_path / "a", index)
+    hashes = lock_hashes(lock(first))
+    store = tmp_path / "store"
+    build_json(first, store)
+    alpha = cached_artifact(store, hashes["alpha"])
+    _corrupt(alpha)
+    corrupt = alpha.read_bytes()
+
+    second = write_recipe(tmp_path / "b", index, name="other")
+    lock(second)
+    res = envbuild("build", second, "--store", store, "--offline")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert str(alpha) in res.stderr, res.stderr
+    assert [d for d in env_dirs(store) if not d.startswith("demo-")] == []
+    # nothing was fetched to replace it either
+    assert alpha.read_bytes() == corrupt
+
+
+# ---- reproducibility ------------------------------------------------------------------
+
+
+def test_one_lock_two_stores_same_bytes(locked: Path, tmp_path: Path) -> None:
+    one = build_json(locked, tmp_path / "one")
+    two = build_json(locked, tmp_path / "two")
+    env1, env2 = Path(one["path"]), Path(two["path"])
+    assert env1 != env2
+    m1, m2 = (env1 / MANIFEST).read_bytes(), (env2 / MANIFEST).read_bytes()
+    assert m1 == m2
+    assert one["manifest_digest"] == two["manifest_digest"]
+    assert json.loads(m1)["tree_digest"] == json.loads(m2)["tree_digest"]
+    assert (env1 / ".envbuild/files").read_bytes() == (env2 / ".envbuild/files").read_bytes()
+    dists = {d["name"]: d for d in json.loads(m1)["distributions"]}
+    assert dists["sdistonly"]["artifact"] == "sdistonly-1.0.tar.gz"
+    # the wheel built from the sdist was built in each store, not shared
+    assert list((tmp_path / "one" / "built").glob("*/*.whl"))
+    assert list((tmp_path / "two" / "built").glob("*/*.whl"))
+
+
+# ---- relocatable, read-only, bytecode -------------------------------------------------
+
+
+def test_env_is_relocatable(locked: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    env = Path(build_json(locked, store)["path"])
+    needles = {str(env).encode(), str(store).encode(), str(store.resolve()).encode()}
+    for dirpath, dirnames, filenames in os.walk(env):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                target = os.readlink(path).encode()
+                assert not any(n in target for n in needles), (path, target)
+            elif path.is_file():
+                data = path.read_bytes()
+                assert not any(n in data for n in needles), path
+
+    cfg = (env / "pyvenv.cfg").read_text().splitlines()
+    assert not [line for line in cfg if line.replace(" ", "").startswith("command=")], cfg
+    home = [line.split("=", 1)[1].strip() for line in cfg
+            if line.split("=", 1)[0].strip() == "home"]
+    assert len(home) == 1 and os.path.isabs(home[0]) and os.path.isdir(home[0])
+    assert not Path(home[0]).resolve().is_relative_to(env.resolve())
+
+    scripts = [p for p in (env / "bin").iterdir()
+               if p.is_file() and not p.is_symlink() and os.access(p, os.X_OK)]
+    assert {"alpha", "beta-tool", "sdistonly"} <= {p.name for p in scripts}
+    for script in scripts:
+        assert script.read_bytes().startswith(b"#!/bin/sh\n"), script
+
+    moved = copy_env(env, tmp_path / "elsewhere" / "copy")
+    store.rename(tmp_path / "store-gone")     # nothing may reach back into the original
+    run = dict(cwd=tmp_path, capture_output=True, text=True, env=clean_env("PYTHONPATH"))
+    out = subprocess.run([moved / "bin" / "alpha"], **run)
+    assert (out.returncode, out.stdout) == (0, "alpha 2.0\n"), out.stderr
+    out = subprocess.run([moved / "bin" / "sdistonly"], **run)
+    assert (out.returncode, out.stdout) == (0, "sdistonly 1.0\n"), out.stderr
+    out = subprocess.run([moved / "bin" / "python", "-c",
+                          "import beta, gamma, pthmod, sys; print(sys.prefix)"], **run)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(moved)
+    out = subprocess.run(["bash", "-c", f'. "{moved}/bin/activate" && echo "$VIRTUAL_ENV"'],
+                         **run)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).resolve() == moved.resolve()
+    verify_full(moved)
+
+
+def test_env_is_read_only(locked: Path, tmp_path: Path) -> None:
+    env = Path(build_json(locked, tmp_path / "store")["path"])
+    checked = 0
+    for dirpath, dirnames, filenames in os.walk(env):
+        for name in ["", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            checked += 1
+            mode = stat.S_IMODE(st.st_mode)
+            assert not mode & (stat.S_IWGRP | stat.S_IWOTH), (path, oct(mode))
+            assert not mode & 0o222, (path, oct(mode))
+    assert checked > 50
+
+
+def test_bytecode_is_precompiled_and_nothing_is_written_at_run(locked: Path,
+                                                               tmp_path: Path) -> None:
+    env = Path(build_json(locked, tmp_path / "store")["path"])
+    site = next(env.glob("lib/python*/site-packages"))
+    tag = sys.implementation.cache_tag
+    sources = [p for root in (site, env / "lib" / "envbuild-launch")
+               for p in root.rglob("*.py")]
+    assert any(p.parent.name == "alpha" for p in sources)
+    for src in sources:
+        pyc = src.parent / "__pycache__" / f"{src.stem}.{tag}.pyc"
+        assert pyc.is_file(), f"no precompiled {pyc}"
+        flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
+        assert flags & 0b01, f"{pyc}: not hash-based (flags {flags:#x})"
+
+    before = snapshot(env)
+    run_env = clean_env("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONPATH")
+    out = subprocess.run([env / "bin" / "python", "-c",
+                          "import sys, alpha, beta, gamma, delta, sdistonly, pthmod;"
+                          "print(sys.flags.dont_write_bytecode)"],
+                         capture_output=True, text=True, env=run_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"          # bytecode writing was really enabled
+    out = subprocess.run([env / "bin" / "alpha"], capture_output=True, text=True,
+                         env=run_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert snapshot(env) == before
+    verify_full(env)
+
+
+# ---- interpreters ---------------------------------------------------------------------
+
+
+def test_other_interpreter_builds_another_env(locked: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    default = build_json(locked, store)
+    other = build_json(locked, store, "--python", OTHER_PYTHON)
+    assert other["env_key"] != default["env_key"]
+    assert other["path"] != default["path"]
+    manifest = json.loads((Path(other["path"]) / MANIFEST).read_bytes())
+    assert manifest["interpreter"]["path"] == OTHER_PYTHON
+    out = subprocess.run([OTHER_PYTHON, "-c", "import platform; print(platform.python_version())"],
+                         capture_output=True, text=True, check=True)
+    assert manifest["interpreter"]["version"] == out.stdout.strip()
+    out = subprocess.run([Path(other["path"]) / "bin" / "python", "-c",
+                          "import alpha, platform; print(platform.python_version())"],
+                         capture_output=True, text=True, env=clean_env("PYTHONPATH"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == manifest["interpreter"]["version"]
+    verify_full(other["path"])
+
+
+def test_nonexistent_interpreter_is_bad_input(locked: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    res = envbuild("build", locked, "--store", store, "--python", "/nonexistent")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "/nonexistent" in res.stderr
+    assert env_dirs(store) == []
+
+
+# ---- concurrency ----------------------------------------------------------------------
+
+
+def test_concurrent_builders_build_once(locked: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    procs = [subprocess.Popen([sys.executable, "-m", "envbuild", "build", str(locked),
+                               "--store", str(store), "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=300))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    results = []
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert len({r["path"] for r in results}) == 1
+    assert len({r["manifest_digest"] for r in results}) == 1
+    assert sorted(r["cached"] for r in results) == [False] + [True] * 5
+    env = Path(results[0]["path"])
+    assert env_dirs(store) == [env.name]
+    assert os.listdir(store / "locks") == []
+    verify_full(env)
+
+
+# ---- kill -9 at many moments ----------------------------------------------------------
+
+
+def _glob_any(base: Path, pattern: str) -> bool:
+    try:
+        return any(True for _ in base.glob(pattern))
+    except OSError:   # a dir renamed or removed under the scan: look again next round
+        return False
+
+
+MILESTONES: dict[str, Callable[[Path], bool]] = {
+    "started": lambda store: True,
+    "store-locked": lambda store: _glob_any(store, "locks/*.lock"),
+    "wheel-cached": lambda store: _glob_any(store, "wheels/*/*"),
+    "sdist-built": lambda store: _glob_any(store, "built/*/*.whl"),
+    "tmp-env": lambda store: _glob_any(store, "envs/.tmp-*"),
+    "installed": lambda store: _glob_any(store, "envs/.tmp-*/lib/python*/site-packages/"
+                                                "alpha-*.dist-info/RECORD"),
+    "compiled": lambda store: _glob_any(store, "envs/.tmp-*/lib/python*/site-packages/"
+                                               "alpha/__pycache__/*.pyc"),
+    "sealing": lambda store: _glob_any(store, "envs/.tmp-*/.envbuild"),
+}
+
+
+def _assert_no_half_env(store: Path) -> None:
+    for name in env_dirs(store):
+        if not name.startswith(".tmp-"):
+            assert (store / "envs" / name / MANIFEST).is_file(), \
+                f"{name}: an env dir without a manifest"
+
+
+def _group_alive(pgid: int) -> list[int]:
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(entry))
+    return alive
+
+
+@pytest.mark.parametrize("milestone,scope", [
+    ("started", "process"), ("store-locked", "process"), ("wheel-cached", "process"),
+    ("sdist-built", "group"), ("tmp-env", "process"), ("installed", "group"),
+    ("compiled", "process"), ("sealing", "group"),
+])
+def test_kill_9_leaves_no_half_env(locked: Path, tmp_path: Path, milestone: str,
+                                   scope: str) -> None:
+    store = tmp_path / "store"
+    reached = MILESTONES[milestone]
+    proc = subprocess.Popen([sys.executable, "-m", "envbuild", "build", str(locked),
+                             "--store", str(store)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while proc.poll() is None:
+            _assert_no_half_env(store)
+            if reached(store):
+                break
+            time.sleep(0.002)
+        # kill -9 the builder (or its whole process group: pip and compileall too)
+        os.kill(proc.pid if scope == "process" else -proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, \
+        f"the build ended (exit {proc.returncode}) before it was killed at {milestone}"
+    # orphaned children of a killed builder run to their end; wait for them
+    deadline = time.monotonic() + 300
+    while _group_alive(proc.pid):
+        _assert_no_half_env(store)
+        assert time.monotonic() < deadline, "orphans of the killed build never ended"
+        time.sleep(0.05)
+    _assert_no_half_env(store)
+    assert [d for d in env_dirs(store) if not d.startswith(".tmp-")] == []
+
+    res = envbuild("build", locked, "--store", store, "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["cached"] is False
+    verify_full(info["path"])
+    assert env_dirs(store) == [Path(info["path"]).name]
+
+
+# ---- ambient pip configuration --------------------------------------------------------
+
+
+def test_ambient_pip_configuration_changes_nothing(locked: Path, tmp_path: Path) -> None:
+    plain = build_json(locked, tmp_path / "plain", env=clean_env(
+        *[k for k in os.environ if k.startswith("PIP_")]))
+
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("alpha==1.0\n")
+    empty = tmp_path / "empty-links"
+    empty.mkdir()
+    home = tmp_path / "home"
+    conf = "[global]\nindex-url = http://127.0.0.1:9/nothing\nno-binary = :all:\n" \
+           f"constraint = {constraints}\n"
+    for rel in (".config/pip/pip.conf", ".pip/pip.conf"):
+        (home / rel).parent.mkdir(parents=True)
+        (home / rel).write_text(conf)
+    ambient = dict(os.environ, PIP_CONSTRAINT=str(constraints),
+                   PIP_INDEX_URL="http://127.0.0.1:9/nothing", PIP_FIND_LINKS=str(empty),
+                   PIP_NO_BINARY=":all:", HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    noisy = build_json(locked, tmp_path / "noisy", env=ambient)
+    assert noisy["manifest_digest"] == plain["manifest_digest"]
+    assert noisy["env_key"] == plain["env_key"]
+    manifest = json.loads((Path(noisy["path"]) / MANIFEST).read_bytes())
+    assert {d["name"]: d["version"] for d in manifest["distributions"]}["alpha"] == "2.0"
+
