@@ -76,7 +76,8 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
     interp = probe(python)
     _check_interpreter(recipe, lock, interp)
     store = Store.locate(store_dir)
-    key = env_key(lock.text, recipe.digest, interp.identity(), interp.platform)
+    key = env_key(lock.text, recipe.digest, interp.identity(), interp.platform,
+                  launcher_digest())
     final = store.env_path(recipe.name, key)
     if (final / MANIFEST).exists():
         return _result(final, key, cached=True)
@@ -169,6 +170,14 @@ def _install(tmp: Path, artifacts: list[Artifact]) -> None:
                           "--no-warn-script-location", "--progress-bar", "off",
                           "--find-links", str(links), "-r", str(reqs)),
                  env=hermetic_env())
+
+
+def launcher_digest() -> str:
+    """The launch code copied into every env: when it changes, so does every env key."""
+    here = Path(__file__).parent
+    parts = [_GUARD.encode(), hook_line().encode()]
+    parts += [name.encode() + b"\0" + (here / name).read_bytes() for name in LAUNCH_MODULES]
+    return sha256_bytes(b"\0".join(parts))
 
 
 def _install_launcher(tmp: Path) -> None:

@@ -64,11 +64,13 @@ def short_key(env_key: str) -> str:
 
 
 def env_key(lock_text: str, recipe_digest: str, interpreter: dict[str, object],
-            platform: str) -> str:
-    """A digest of everything that decides the env's bytes."""
+            platform: str, launcher: str) -> str:
+    """A digest of everything that decides the env's bytes; `launcher` is the digest of
+    the launch code every env carries."""
     material = json.dumps({"lock": hashlib.sha256(lock_text.encode()).hexdigest(),
                            "recipe": recipe_digest, "interpreter": interpreter,
-                           "platform": platform, "format": BUILD_FORMAT},
+                           "platform": platform, "format": BUILD_FORMAT,
+                           "launcher": launcher},
                           sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(material.encode()).hexdigest()
 
