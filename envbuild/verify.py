@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 
 from .errors import NotAnEnvError
 from .names import escape, normalize, parse_dist_info, unescape
@@ -292,14 +291,17 @@ def interpreter_digest(path: str) -> str | None:
 
 
 def file_digest(path: str) -> str:
-    h = sha256()
+    """sha256 of a file through OpenSSL (hashlib): about 3x the builtin `_sha256` on large
+    files, worth its import time wherever whole files are hashed."""
+    import hashlib
+
     with open(path, "rb", buffering=0) as fh:
-        while True:
-            chunk = fh.read(1 << 20)
-            if not chunk:
-                break
+        if hasattr(hashlib, "file_digest"):
+            return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+        h = hashlib.sha256()  # Python < 3.11
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return "sha256:" + str(h.hexdigest())
+        return "sha256:" + h.hexdigest()
 
 
 def _check_host(rec: dict[str, list[list[str]]], diffs: list[Difference]) -> None:
@@ -361,7 +363,7 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
     recorded = read_files(data.decode("utf-8"))
     found = walk(env)
     trusted = _trusted(env, trusted_uids)
-    to_hash: list[str] = []
+    to_hash: list[tuple[str, int]] = []
     for rel, (kind, mode, size, digest) in sorted(recorded.items()):
         st = found.get(rel)
         if st is None:
@@ -382,7 +384,7 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
             if stat.S_IMODE(st.st_mode) != mode and not stat.S_IMODE(st.st_mode) & _WRITABLE:
                 diffs.append(Difference("permissions", rel, f"mode {mode:04o}",
                                         f"mode {stat.S_IMODE(st.st_mode):04o}"))
-            to_hash.append(rel)
+            to_hash.append((rel, size))
     for rel in sorted(found):
         st = found[rel]
         if rel not in recorded and not stat.S_ISDIR(st.st_mode):
@@ -395,27 +397,31 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
                 diffs.append(Difference("modified", rel, f"sha256:{want}", f"sha256:{got}"))
 
 
-def hash_files(env: str, rels: list[str]) -> list[tuple[str, str]]:
-    """(relpath, sha256 hex) for each file, hashed in parallel: sha256 releases the GIL."""
+def hash_files(env: str, files: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    """(relpath, sha256 hex) for each (relpath, size): a few threads, each with its own
+    share of the files, since OpenSSL's sha256 releases the GIL while it hashes."""
+    import hashlib
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(rel: str) -> tuple[str, str]:
-        h = sha256()
-        with open(os.path.join(env, rel), "rb", buffering=0) as fh:
-            while True:
-                chunk = fh.read(1 << 20)
-                if not chunk:
-                    break
-                h.update(chunk)
-        return rel, h.hexdigest()
+    def share(items: list[tuple[str, int]]) -> list[tuple[str, str]]:
+        out = []
+        for rel, size in items:
+            path = os.path.join(env, rel)
+            if size <= 1 << 22:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    data = os.read(fd, size + 1)   # +1: a file that grew still differs
+                finally:
+                    os.close(fd)
+                out.append((rel, hashlib.sha256(data).hexdigest()))
+            else:
+                out.append((rel, file_digest(path).removeprefix("sha256:")))
+        return out
 
-    workers = min(8, (os.cpu_count() or 1) + 1)
+    workers = min(4, (os.cpu_count() or 1) + 1)
+    shares = [files[i::workers] for i in range(workers)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, rels, chunksize=64))
-
-
-def main_python_version() -> str:
-    return "{}.{}.{}".format(*sys.version_info[:3])
+        return [pair for result in pool.map(share, shares) for pair in result]
 
 
 __all__ = ["Difference", "Report", "verify", "normalize", "LEVELS"]
