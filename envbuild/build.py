@@ -17,6 +17,7 @@ from typing import Any
 
 from packaging.version import Version
 
+from .bytecode import compile_env
 from .errors import InputError
 from .fsutil import publish_dir, remove_tree
 from .hostreq import scan
@@ -91,7 +92,7 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
         tmp = Path(tempfile.mkdtemp(prefix=store.tmp_env_prefix(recipe.name, key),
                                     dir=store.envs))
         try:
-            _assemble(tmp, recipe, lock, interp, artifacts, key, progress)
+            _assemble(tmp, recipe, lock, interp, artifacts, key, store, progress)
             progress(f"publishing {final}")
             publish_dir(tmp, final)
         except BaseException:
@@ -118,7 +119,7 @@ def _check_interpreter(recipe: Recipe, lock: Lock, interp: Interpreter) -> None:
 
 
 def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
-              artifacts: list[Artifact], key: str, progress: Progress) -> None:
+              artifacts: list[Artifact], key: str, store: Store, progress: Progress) -> None:
     progress(f"creating a venv for Python {interp.version}")
     run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt", recipe.name,
               str(tmp)], env=hermetic_env())
@@ -127,10 +128,7 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     _install_launcher(tmp)
     _relocate(tmp, interp)
     progress("compiling bytecode")
-    run_tool([str(tmp / "bin" / "python"), "-s", "-m", "compileall", "-q", "-j0",
-              "--invalidation-mode", "checked-hash", "-s", str(tmp),
-              str(tmp / interp.site), str(tmp / "lib" / "envbuild-launch")],
-             env=hermetic_env({"PYTHONHASHSEED": "0"}))
+    compile_env(tmp, interp.site, [tmp / "lib" / "envbuild-launch"], artifacts, interp, store)
     if recipe.launch_hook:
         (tmp / interp.site / HOOK_PTH).write_text(hook_line())
     _normalize_files(tmp)

@@ -28,6 +28,7 @@ print(json.dumps({
     "version": platform.python_version(),
     "abi": "%s%d%d%s" % (short, sys.version_info[0], sys.version_info[1], sys.abiflags),
     "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
+    "cache_tag": sys.implementation.cache_tag,
     "libc": " ".join(platform.libc_ver()).strip(),
     "executable": os.path.realpath(sys.executable),
     "stdlib": sysconfig.get_path("stdlib"),
@@ -58,6 +59,7 @@ class Interpreter:
     libc: str
     stdlib: str
     site: str                  # site-packages relative to a venv root
+    cache_tag: str             # pyc names: __pycache__/mod.<cache_tag>.pyc
     markers: dict[str, str]
     sha256: str
     stdlib_digest: str
@@ -96,6 +98,7 @@ def probe(python: str | None) -> Interpreter:
     return Interpreter(executable=real, implementation=info["implementation"],
                        version=info["version"], abi=info["abi"], platform=info["platform"],
                        libc=info["libc"], stdlib=info["stdlib"], site=info["site"],
+                       cache_tag=info["cache_tag"],
                        markers=info["markers"], sha256=file_digest(real),
                        stdlib_digest=stdlib_digest(Path(info["stdlib"])))
 

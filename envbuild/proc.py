@@ -35,13 +35,14 @@ def hermetic_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-             cwd: str | os.PathLike[str] | None = None) -> str:
+             cwd: str | os.PathLike[str] | None = None, input: str | None = None) -> str:
     """Run a tool to completion and return its combined output; raise ToolError on failure."""
     args = [str(a) for a in argv]
     log.debug("running %s", " ".join(args))
     proc = subprocess.run(args, env=dict(env) if env is not None else hermetic_env(),
                           cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL, text=True, errors="replace")
+                          stdin=None if input is not None else subprocess.DEVNULL,
+                          input=input, text=True, errors="replace")
     if proc.returncode != 0:
         raise ToolError(args, proc.returncode, proc.stdout)
     return proc.stdout

@@ -44,7 +44,7 @@ class Store:
 
                 explicit = Path(platformdirs.user_cache_dir("envbuild"))
         root = explicit.expanduser().absolute()
-        for sub in ("wheels", "built", "envs", "locks", "runs", "tmp"):
+        for sub in ("wheels", "built", "pycs", "envs", "locks", "runs", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         return cls(root)
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -531,3 +532,38 @@ def test_ambient_pip_configuration_changes_nothing(locked: Path, tmp_path: Path)
     manifest = json.loads((Path(noisy["path"]) / MANIFEST).read_bytes())
     assert {d["name"]: d["version"] for d in manifest["distributions"]}["alpha"] == "2.0"
 
+
+
+def test_second_build_copies_each_wheels_pycs_from_the_store(tmp_path: Path,
+                                                             index: LocalIndex) -> None:
+    """A wheel's pycs are compiled once per store and copied by later builds."""
+    recipe = write_recipe(tmp_path / "r", index)
+    assert cli("lock", recipe).exit_code == 0
+    first = json.loads(cli("build", recipe, "--store", tmp_path / "s1", "--json").stdout)
+    pycs = tmp_path / "s1" / "pycs"
+    entries = sorted(p.name for p in pycs.iterdir())
+    assert len(entries) == 6  # one per installed wheel
+    cached = next(pycs.glob("*/alpha/__pycache__/__init__.*.pyc"))
+    assert not cached.stat().st_mode & 0o222
+    # A second store sharing the wheel and pyc caches: same bytes, by copying.
+    second_store = tmp_path / "s2"
+    second_store.mkdir()
+    for sub in ("wheels", "built", "pycs"):
+        shutil.copytree(tmp_path / "s1" / sub, second_store / sub)
+    marked = second_store / cached.relative_to(tmp_path / "s1")
+    data = bytearray(marked.read_bytes())
+    os.chmod(marked, 0o644)
+    marked.write_bytes(bytes(data) + b"\0")  # a trailing byte only a copy would carry
+    second = json.loads(cli("build", recipe, "--store", second_store, "--json").stdout)
+    env_pyc = Path(second["path"]) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
+        / "site-packages" / "alpha" / "__pycache__" / cached.name
+    assert env_pyc.read_bytes() == bytes(data) + b"\0"
+    assert second["manifest_digest"] != first["manifest_digest"]
+    # without the mark, the copied pycs give the very same env as compiling them
+    marked.write_bytes(bytes(data))
+    third_store = tmp_path / "s3"
+    third_store.mkdir()
+    for sub in ("wheels", "built", "pycs"):
+        shutil.copytree(second_store / sub, third_store / sub)
+    third = json.loads(cli("build", recipe, "--store", third_store, "--json").stdout)
+    assert third["manifest_digest"] == first["manifest_digest"]

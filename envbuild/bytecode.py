@@ -1,0 +1,109 @@
+"""Bytecode for a new env: checked-hash pycs, compiled with the build dir stripped and a
+fixed PYTHONHASHSEED, so they are the same bytes in every build; each wheel's pycs are
+kept in the store (`pycs/<wheel sha256>-<abi>-<version>/`) and copied, not compiled again,
+by the next build that installs that wheel."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .fsutil import publish_dir, remove_tree
+from .interpreter import Interpreter
+from .proc import hermetic_env, run_tool
+from .store import Store
+from .wheelcache import Artifact
+
+log = logging.getLogger(__name__)
+
+# Runs in the env's own interpreter: compiles the files named on stdin, in parallel.
+_COMPILE = r"""
+import compileall, functools, py_compile, sys
+from concurrent.futures import ProcessPoolExecutor
+files = sys.stdin.read().splitlines()
+one = functools.partial(compileall.compile_file, quiet=2, stripdir=sys.argv[1],
+                        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+if files:
+    with ProcessPoolExecutor() as pool:
+        ok = all(pool.map(one, files, chunksize=max(1, len(files) // 64)))
+    sys.exit(0 if ok else 1)
+"""
+
+
+def compile_env(root: Path, site: str, extra: list[Path], artifacts: list[Artifact],
+                interp: Interpreter, store: Store) -> None:
+    """Give every .py in site-packages (and in `extra` dirs) its pyc, from the store's pyc
+    cache where a wheel's pycs are there, compiling the rest and caching them per wheel."""
+    site_dir = root / site
+    fresh: list[tuple[Artifact, list[str]]] = []
+    for art in artifacts:
+        sources = wheel_sources(art.wheel)
+        cached = _entry(store, art, interp)
+        if cached.is_dir():
+            _copy_into(cached, site_dir)
+        else:
+            fresh.append((art, sources))
+    todo = [str(p) for d in [site_dir, *extra] for p in d.rglob("*.py")
+            if not _pyc(p, interp.cache_tag).exists()]
+    run_tool([str(root / "bin" / "python"), "-s", "-c", _COMPILE, str(root)],
+             env=hermetic_env({"PYTHONHASHSEED": "0"}), input="\n".join(todo))
+    for art, sources in fresh:
+        _remember(store, art, interp, site_dir, sources)
+
+
+def wheel_sources(wheel: Path) -> list[str]:
+    """The .py files a wheel installs into site-packages, relative to it."""
+    out = []
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if not name.endswith(".py"):
+                continue
+            parts = name.split("/")
+            if parts[0].endswith(".data"):
+                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                    continue
+                parts = parts[2:]
+            out.append("/".join(parts))
+    return out
+
+
+def _copy_into(src: Path, dst: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(src):
+        target = dst / os.path.relpath(dirpath, src)
+        target.mkdir(exist_ok=True)
+        for name in filenames:
+            shutil.copyfile(os.path.join(dirpath, name), target / name)
+
+
+def _pyc(source: Path, cache_tag: str) -> Path:
+    return source.parent / "__pycache__" / f"{source.stem}.{cache_tag}.pyc"
+
+
+def _entry(store: Store, art: Artifact, interp: Interpreter) -> Path:
+    digest = art.wheel_sha256.removeprefix("sha256:")
+    return store.root / "pycs" / f"{digest}-{interp.abi}-{interp.version}"
+
+
+def _remember(store: Store, art: Artifact, interp: Interpreter, site_dir: Path,
+              sources: list[str]) -> None:
+    """Keep a wheel's freshly compiled pycs for the next build; best effort."""
+    (store.root / "pycs").mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.root / "tmp"))
+    try:
+        for rel in sources:
+            pyc = _pyc(site_dir / rel, interp.cache_tag)
+            if pyc.exists():
+                dest = staging / pyc.relative_to(site_dir)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(pyc, dest)
+                dest.chmod(0o444)
+        os.chmod(staging, 0o755)
+        if publish_dir(staging, _entry(store, art, interp)):
+            return
+    except OSError as exc:
+        log.warning("pycs of %s not cached: %s", art.wheel.name, exc)
+    remove_tree(staging)
