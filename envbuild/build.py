@@ -55,7 +55,7 @@ except BaseException as e:
     sys.exit(125)
 guard_main()' "$b" "$@"
 """
-LAUNCH_MODULES = ("errors.py", "names.py", "verify.py", "launch.py", "hostreq.py")
+LAUNCH_MODULES = ("errors.py", "names.py", "verify.py", "launch.py", "runlog.py", "hostreq.py")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def test_ruff() -> None:
 def test_launch_path_imports_only_the_stdlib() -> None:
     """The guard's modules import nothing outside the stdlib (and not json, re, hashlib,
     subprocess or signal, which cost milliseconds at every launch)."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import envbuild.launch, envbuild.verify;"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import envbuild.launch, envbuild.runlog;"
             "print(' '.join(sorted(sys.modules)))")
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(ROOT)],
                           capture_output=True, text=True, check=True)
