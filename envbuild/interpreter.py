@@ -15,7 +15,7 @@ from packaging import tags
 
 from .errors import InputError
 from .proc import hermetic_env, run_tool
-from .verify import cached, file_digest, remember
+from .verify import cached, file_digest, interpreter_digest, remember
 
 # Run inside the target interpreter, which may be any CPython >= 3.9 with no packages.
 _PROBE = r"""
@@ -29,6 +29,9 @@ print(json.dumps({
     "abi": "%s%d%d%s" % (short, sys.version_info[0], sys.version_info[1], sys.abiflags),
     "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
     "cache_tag": sys.implementation.cache_tag,
+    "libpython": (os.path.join(sysconfig.get_config_var("LIBDIR") or "",
+                               sysconfig.get_config_var("INSTSONAME") or "")
+                  if sysconfig.get_config_var("Py_ENABLE_SHARED") else None),
     "libc": " ".join(platform.libc_ver()).strip(),
     "executable": os.path.realpath(sys.executable),
     "stdlib": sysconfig.get_path("stdlib"),
@@ -88,28 +91,50 @@ def probe(python: str | None) -> Interpreter:
     if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
         raise InputError(f"--python: expected an executable Python interpreter, found "
                          f"{exe!r} (not an executable file)")
+    info = _probe_info(exe)
+    real = info["executable"]
+    digest = interpreter_digest(real)
+    if digest is None:
+        raise InputError(f"--python: {real} (from {exe}) cannot be read")
+    return Interpreter(executable=real, implementation=info["implementation"],
+                       version=info["version"], abi=info["abi"], platform=info["platform"],
+                       libc=info["libc"], stdlib=info["stdlib"], site=info["site"],
+                       cache_tag=info["cache_tag"], markers=info["markers"], sha256=digest,
+                       stdlib_digest=stdlib_digest(Path(info["stdlib"]), info["libpython"]))
+
+
+def _probe_info(exe: str) -> dict[str, Any]:
+    """The probe's answer, cached per host by the interpreter's stat (and the kernel's
+    release, which the marker environment names): a cache hit must not start Python."""
+    real = os.path.realpath(exe)
+    st = os.stat(real)
+    key = f"{exe} {real} {st.st_ino} {st.st_size} {st.st_mtime_ns} {os.uname().release}"
+    name = "probe-" + hashlib.sha256(exe.encode()).hexdigest()[:24]
+    stored = cached(name, key)
+    if stored is not None:
+        info: dict[str, Any] = json.loads(stored)
+        return info
     try:
         out = run_tool([exe, "-I", "-S", "-c", _PROBE], env=hermetic_env())
         info = json.loads(out.strip().splitlines()[-1])
     except Exception as exc:  # noqa: BLE001 - any failure means it is not a usable Python
         raise InputError(f"--python: {exe} did not answer as a Python >= 3.9 would: "
                          f"{exc}") from None
-    real = info["executable"]
-    return Interpreter(executable=real, implementation=info["implementation"],
-                       version=info["version"], abi=info["abi"], platform=info["platform"],
-                       libc=info["libc"], stdlib=info["stdlib"], site=info["site"],
-                       cache_tag=info["cache_tag"],
-                       markers=info["markers"], sha256=file_digest(real),
-                       stdlib_digest=stdlib_digest(Path(info["stdlib"])))
+    remember(name, key, json.dumps(info, sort_keys=True))
+    return info
 
 
-def stdlib_digest(stdlib: Path) -> str:
-    """One digest over the stdlib's sources and extension modules (tests excluded).
+def stdlib_digest(stdlib: Path, libpython: str | None = None) -> str:
+    """One digest over the stdlib's sources and extension modules (tests excluded), and the
+    shared libpython a small `python` binary links to.
 
     Cached per host by the stdlib dir's stat, since hashing it costs a second or so.
     """
     st = stdlib.stat()
     key = f"{stdlib} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}"
+    if libpython and os.path.isfile(libpython):
+        lst = os.stat(libpython)
+        key += f" {libpython} {lst.st_ino} {lst.st_size} {lst.st_mtime_ns}"
     name = "stdlib-" + hashlib.sha256(str(stdlib).encode()).hexdigest()[:24]
     value = cached(name, key)
     if value is not None:
@@ -123,6 +148,9 @@ def stdlib_digest(stdlib: Path) -> str:
                 h.update(f"{rel_dir}/{fname}\0".encode())
                 with open(os.path.join(dirpath, fname), "rb") as fh:
                     h.update(hashlib.sha256(fh.read()).digest())
+    if libpython and os.path.isfile(libpython):
+        h.update(f"{libpython}\0".encode())
+        h.update(file_digest(libpython).encode())
     value = "sha256:" + h.hexdigest()
     remember(name, key, value)
     return value
