@@ -153,21 +153,39 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
 
 
 def _install(tmp: Path, artifacts: list[Artifact]) -> None:
-    """pip, offline, one pinned and hashed wheel per distribution, nothing else considered."""
+    """pip, offline, one pinned and hashed wheel per distribution, nothing else considered.
+
+    With --no-deps the wheels are independent, so a few pips install shares of them at
+    once (pip itself installs one wheel after another).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    shares: list[list[Artifact]] = [[] for _ in range(min(4, os.cpu_count() or 1))]
+    for art in sorted(artifacts, key=lambda a: a.wheel.stat().st_size, reverse=True):
+        min(shares, key=lambda s: sum(a.wheel.stat().st_size for a in s)).append(art)
     with tempfile.TemporaryDirectory(prefix="install-", dir=tmp.parent.parent / "tmp") as work:
-        links = Path(work) / "wheels"
-        links.mkdir()
-        lines = []
-        for art in artifacts:
-            os.symlink(art.wheel, links / art.wheel.name)
-            lines.append(f"{art.entry.name}=={art.entry.version} --hash={art.wheel_sha256}\n")
-        reqs = Path(work) / "requirements.txt"
-        reqs.write_text("".join(lines))
-        run_tool(pip_argv("--python", str(tmp / "bin" / "python"), "install", "--no-index",
-                          "--no-deps", "--require-hashes", "--no-compile", "--no-cache-dir",
-                          "--no-warn-script-location", "--progress-bar", "off",
-                          "--find-links", str(links), "-r", str(reqs)),
-                 env=hermetic_env())
+        with ThreadPoolExecutor(len(shares)) as pool:
+            for done in pool.map(lambda n: _install_share(tmp, Path(work) / str(n), shares[n]),
+                                 range(len(shares))):
+                del done  # map re-raises the first failure here
+
+
+def _install_share(tmp: Path, work: Path, artifacts: list[Artifact]) -> None:
+    if not artifacts:
+        return
+    links = work / "wheels"
+    links.mkdir(parents=True)
+    lines = []
+    for art in artifacts:
+        os.symlink(art.wheel, links / art.wheel.name)
+        lines.append(f"{art.entry.name}=={art.entry.version} --hash={art.wheel_sha256}\n")
+    reqs = work / "requirements.txt"
+    reqs.write_text("".join(lines))
+    run_tool(pip_argv("--python", str(tmp / "bin" / "python"), "install", "--no-index",
+                      "--no-deps", "--require-hashes", "--no-compile", "--no-cache-dir",
+                      "--no-warn-script-location", "--progress-bar", "off",
+                      "--find-links", str(links), "-r", str(reqs)),
+             env=hermetic_env())
 
 
 def launcher_digest() -> str:
