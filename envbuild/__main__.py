@@ -1,5 +1,6 @@
-"""`envbuild` entry point. `run` is dispatched before typer is imported: it sits on every
-launch and must cost milliseconds, not the ~100 ms typer and rich take to import."""
+"""`envbuild` entry point. `run` and `verify` are dispatched before typer is imported:
+they sit on every launch and in CI loops, and must cost milliseconds, not the ~100 ms
+typer and rich take to import."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import sys
 
 def main() -> None:
     args = sys.argv[1:]
-    if args[:1] == ["run"] and not {"-h", "--help"} & set(args[1:2]):
-        from .launch import run_main
+    fast = args[0] if args and args[0] in ("run", "verify") else None
+    if fast and not {"-h", "--help"} & set(args[1:] if fast == "verify" else args[1:2]):
+        from . import fastcli
 
-        sys.stdout.flush()
-        code = run_main(args[1:])
+        command = fastcli.run_main if fast == "run" else fastcli.verify_main
+        code = command(args[1:])
         sys.stdout.flush()
         sys.stderr.flush()
         raise SystemExit(code)

@@ -233,16 +233,6 @@ def parse_launch_args(args: list[str], prog: str, want_env: bool = False
     return opts, args[i:]
 
 
-def run_main(args: list[str]) -> int:
-    """`envbuild run`, without typer or rich: this path is timed at every launch."""
-    try:
-        opts, cmd = parse_launch_args(args, "envbuild run", want_env=True)
-    except CommandError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return exc.code
-    return launch(str(opts["env"]), cmd, level=str(opts["level"]), expect=opts["expect"])
-
-
 HOOK_PTH = "000-envbuild-hook.pth"
 _HOOK_CODE = """\
 import os as _o, sys as _s
