@@ -195,11 +195,11 @@ def _say(prog: str, message: str) -> None:
 
 def parse_launch_args(args: list[str], prog: str, want_env: bool = False
                       ) -> tuple[dict[str, str | None], list[str]]:
-    """`[--level L] [--expect D] [--local DIR] [ENV] [--] CMD ARGS...`: options stop at CMD.
+    """`[--level L] [--expect D] [ENV] [--] CMD ARGS...`: options stop at CMD.
 
     With `want_env`, the first word that is not an option is ENV (returned as opts["env"]).
     """
-    opts: dict[str, str | None] = {"level": "quick", "expect": None, "local": None, "env": None}
+    opts: dict[str, str | None] = {"level": "quick", "expect": None, "env": None}
     i = 0
     while i < len(args):
         arg = args[i]
@@ -207,7 +207,10 @@ def parse_launch_args(args: list[str], prog: str, want_env: bool = False
             i += 1
             break
         name, eq, value = arg.partition("=")
-        if name in ("--level", "--expect", "--local"):
+        if name == "--local":
+            raise CommandError(REFUSED, f"{prog}: --local: staged envs are not supported by "
+                                        "this version; run the env directly")
+        if name in ("--level", "--expect"):
             if not eq:
                 if i + 1 >= len(args):
                     raise CommandError(REFUSED, f"{prog}: {name} needs a value")
@@ -218,7 +221,7 @@ def parse_launch_args(args: list[str], prog: str, want_env: bool = False
             continue
         if arg.startswith("-") and arg != "-":
             raise CommandError(REFUSED, f"{prog}: unknown option {arg} (options: --level, "
-                                        "--expect, --local; put -- before CMD)")
+                                        "--expect; put -- before CMD)")
         if want_env and opts["env"] is None:
             opts["env"] = arg
             i += 1

@@ -101,7 +101,7 @@ def lock_recipe(recipe: Recipe, *, upgrade: bool = False, upgrade_packages: tupl
         "resolver": f"{resolver.name} {resolver.version()}",
         "python": "{}.{} ({})".format(*sys.version_info[:2], sys.implementation.name),
         "index-url": redact_url(recipe.index_url),
-        "find-links": " ".join(str(p) for p in recipe.find_links) or "-",
+        "find-links": " ".join(recipe.find_links_as_written) or "-",
     }
     lines = [f"# {LOCK_SCHEMA}"] + [f"# {k}: {header[k]}" for k in _HEADER_KEYS]
     text = "\n".join(lines) + "\n#\n" + body

@@ -59,6 +59,7 @@ class Recipe:
     environment: EnvContract
     launch_hook: bool = False
     launch_root: str = "warn"
+    find_links_as_written: tuple[str, ...] = ()   # what the lock header records
     image: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -166,7 +167,8 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
     return Recipe(path=path.resolve(), digest="sha256:" + hashlib.sha256(raw).hexdigest(),
                   name=str(name), requires_python=requires_python,
                   dependencies=tuple(str(d) for d in deps), index_url=str(index_url),
-                  find_links=find_links, environment=contract, launch_hook=bool(hook),
+                  find_links=find_links, find_links_as_written=tuple(links),
+                  environment=contract, launch_hook=bool(hook),
                   launch_root=str(root), image=dict(image))
 
 

@@ -520,3 +520,14 @@ def test_ctrl_c_on_a_terminal_reaches_cmd_once(kind: str, env: Path, tmp_path: P
     assert marker.read_text().splitlines() == [str(int(signal.SIGINT))]
     [rec] = records(log)
     assert (rec["exit_code"], rec["pid"]) == (3, child)
+
+
+def test_local_cache_is_refused_until_staging_exists(built: Built, tmp_path: Path) -> None:
+    """`--local` belongs to staged envs; accepting and ignoring it would mislead a job."""
+    marker = tmp_path / "ran"
+    proc = subprocess.run([sys.executable, "-m", "envbuild", "run", str(built.env), "--local",
+                           str(tmp_path / "cache"), "--", "touch", str(marker)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 125
+    assert "--local: staged envs are not supported" in proc.stderr
+    assert not marker.exists()

@@ -407,3 +407,19 @@ def test_lock_build_run_from_pypi(tmp_path: Path) -> None:
     version, prefix = res.stdout.split()
     assert version == locked["requests"]
     assert Path(prefix).resolve() == env.resolve()
+
+
+def test_header_records_find_links_as_the_recipe_writes_them(tmp_path: Path,
+                                                             index: LocalIndex) -> None:
+    """A committed lock must not carry this machine's absolute paths."""
+    import shutil
+
+    project = tmp_path / "proj"
+    shutil.copytree(index.find_links, project / "wheels")
+    recipe = project / "local.toml"
+    recipe.write_text('name = "local"\ndependencies = ["gamma"]\n\n[index]\n'
+                      f'url = "{index.simple_url}"\nfind-links = ["wheels/"]\n')
+    assert cli("lock", recipe).exit_code == 0
+    text = (project / "local.lock").read_text()
+    assert "# find-links: wheels/\n" in text
+    assert str(tmp_path) not in text
