@@ -56,11 +56,14 @@ def envbuild_python() -> str:
     return str(Path(ENVBUILD).parent / "python")
 
 
-def small_env(store: Path, rebuild: bool) -> BenchEnv:
+def small_env(store: Path, rebuild: bool, hook: bool = False) -> BenchEnv:
+    """The 10-distribution env; with `hook`, the same with `[launch] hook = true`."""
     SMALL_DIR.mkdir(parents=True, exist_ok=True)
-    recipe = SMALL_DIR / "launch-small.toml"
-    text = ('name = "launch-small"\nrequires-python = ">=3.11,<3.12"\n'
-            f"dependencies = {json.dumps(SMALL_DEPS)}\n")
+    name = "launch-small-hooked" if hook else "launch-small"
+    recipe = SMALL_DIR / f"{name}.toml"
+    text = (f'name = "{name}"\nrequires-python = ">=3.11,<3.12"\n'
+            f"dependencies = {json.dumps(SMALL_DEPS)}\n"
+            + ("\n[launch]\nhook = true\n" if hook else ""))
     if not recipe.exists() or recipe.read_text() != text:
         recipe.write_text(text)
     ensure_lock(recipe)
@@ -70,10 +73,16 @@ def small_env(store: Path, rebuild: bool) -> BenchEnv:
 # ---- wall time --------------------------------------------------------------------------
 
 
-def launch_tasks(env: BenchEnv, py_m: str) -> list[Task]:
+HOOK_BARE = "small env: ENV/bin/python -c pass"
+HOOK_ROW = "small env + .pth hook: ENV/bin/python -c pass"
+
+
+def launch_tasks(env: BenchEnv, py_m: str, small: BenchEnv, hooked: BenchEnv) -> list[Task]:
     e = str(env.path)
     py = str(env.path / "bin" / "python")
     return [
+        Task(HOOK_BARE, lambda: [[str(small.path / "bin" / "python"), "-c", "pass"]]),
+        Task(HOOK_ROW, lambda: [[str(hooked.path / "bin" / "python"), "-c", "pass"]]),
         Task("bare: ENV/bin/python -c pass", lambda: [[py, "-c", "pass"]]),
         Task("ENV/bin/python -I -S -c pass", lambda: [[py, "-I", "-S", "-c", "pass"]]),
         Task("envbuild-guard -- python -c pass",
@@ -85,15 +94,17 @@ def launch_tasks(env: BenchEnv, py_m: str) -> list[Task]:
     ]
 
 
-GOALS = {"envbuild-guard -- python -c pass": 20.0,
+GOALS = {HOOK_ROW: 5.0,
+         "envbuild-guard -- python -c pass": 20.0,
          "envbuild run (console script)": 30.0,
          "envbuild run (python -m envbuild)": 30.0}
 
 
 def time_rows(samples: dict[str, list[float]]) -> list[dict[str, Any]]:
-    bare = median(samples["bare: ENV/bin/python -c pass"])
     out = []
     for name, values in samples.items():
+        # the hook is measured against the same small env without it
+        bare = median(samples[HOOK_BARE if name == HOOK_ROW else "bare: ENV/bin/python -c pass"])
         ms = median(values)
         goal = GOALS.get(name)
         out.append({"name": name, "median_ms": round(ms, 2),
@@ -108,7 +119,8 @@ def time_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         goal = r["goal_added_ms"]
         met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
-        added = "—" if r["name"].startswith("bare") else f"{r['added_ms']:+.1f}"
+        added = "—" if r["name"] in ("bare: ENV/bin/python -c pass", HOOK_BARE) \
+            else f"{r['added_ms']:+.1f}"
         lines.append(f"| {r['name']} | {fmt_ms(float(r['median_ms']))} | {added} | "
                      f"{'—' if goal is None else f'≤ {goal:.0f} ms'} | {met} |")
     return "\n".join(lines)
@@ -195,8 +207,9 @@ def main() -> None:
     store = args.store.absolute()
 
     env = ensure_env(RECIPE, store, args.rebuild)
+    small, hooked = small_env(store, args.rebuild), small_env(store, args.rebuild, hook=True)
     py_m = envbuild_python()
-    samples = interleave(launch_tasks(env, py_m), args.runs, warmup=2)
+    samples = interleave(launch_tasks(env, py_m, small, hooked), args.runs, warmup=2)
     rows = time_rows(samples)
     print(f"jupyter-stack ({env.distributions} distributions, {env.files:,} files); "
           f"medians of {args.runs} interleaved runs; `python -m envbuild` with {py_m}\n")
@@ -208,7 +221,6 @@ def main() -> None:
         "rows": rows, "samples_ms": {k: [round(x, 2) for x in v] for k, v in samples.items()}}
 
     if not args.skip_strace:
-        small = small_env(store, args.rebuild)
         prof_small, prof_big = syscall_profile(small), syscall_profile(env)
         table, _met, growth = syscall_table(prof_small, prof_big)
         print("\nsyscalls (strace -f -c), warm per-host caches:\n")
