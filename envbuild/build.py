@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packaging.version import Version
-
 from .bytecode import compile_env
 from .errors import InputError
 from .fsutil import publish_dir, remove_tree
@@ -106,10 +104,8 @@ def _result(final: Path, key: str, cached: bool) -> BuildResult:
 
 
 def _check_interpreter(recipe: Recipe, lock: Lock, interp: Interpreter) -> None:
-    if not recipe.requires_python.contains(Version(interp.version), prereleases=True):
-        raise InputError(f"{recipe.path}: requires-python: expected an interpreter matching "
-                         f"'{recipe.requires_python}', found {interp.executable} "
-                         f"(Python {interp.version}); pass --python")
+    recipe.check_python(interp.version, f"{interp.executable} (Python {interp.version})",
+                        "pass --python")
     locked_for = lock.header.get("python", "").split(" ")[0]
     have = ".".join(interp.version.split(".")[:2])
     if locked_for and locked_for != have:
@@ -165,9 +161,9 @@ def _install(tmp: Path, artifacts: list[Artifact]) -> None:
         min(shares, key=lambda s: sum(a.wheel.stat().st_size for a in s)).append(art)
     with tempfile.TemporaryDirectory(prefix="install-", dir=tmp.parent.parent / "tmp") as work:
         with ThreadPoolExecutor(len(shares)) as pool:
-            for done in pool.map(lambda n: _install_share(tmp, Path(work) / str(n), shares[n]),
-                                 range(len(shares))):
-                del done  # map re-raises the first failure here
+            # list() re-raises the first failure
+            list(pool.map(lambda n: _install_share(tmp, Path(work) / str(n), shares[n]),
+                          range(len(shares))))
 
 
 def _install_share(tmp: Path, work: Path, artifacts: list[Artifact]) -> None:

@@ -17,7 +17,7 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import InputError, LockError
+from .errors import LockError
 from .fsutil import atomic_write
 from .proc import hermetic_env, run_tool
 from .recipe import Recipe
@@ -92,7 +92,9 @@ class Lock:
 def lock_recipe(recipe: Recipe, *, upgrade: bool = False, upgrade_packages: tuple[str, ...] = (),
                 resolver: Resolver | None = None) -> Path:
     """Resolve the recipe and write `<stem>.lock` beside it, atomically."""
-    _check_python(recipe)
+    current = "{}.{}.{}".format(*sys.version_info[:3])
+    recipe.check_python(current, f"{current} running envbuild",
+                        "run envbuild with a matching Python")
     resolver = resolver or PipToolsResolver()
     previous = recipe.lock_path.read_text() if recipe.lock_path.exists() else None
     body = resolver.resolve(recipe, previous, upgrade, upgrade_packages)
@@ -107,14 +109,6 @@ def lock_recipe(recipe: Recipe, *, upgrade: bool = False, upgrade_packages: tupl
     text = "\n".join(lines) + "\n#\n" + body
     atomic_write(recipe.lock_path, text)
     return recipe.lock_path
-
-
-def _check_python(recipe: Recipe) -> None:
-    current = "{}.{}.{}".format(*sys.version_info[:3])
-    if not recipe.requires_python.contains(current, prereleases=True):
-        raise InputError(f"{recipe.path}: requires-python: expected an interpreter matching "
-                         f"'{recipe.requires_python}', found {current} running envbuild; "
-                         "run envbuild with a matching Python")
 
 
 def lock_status(recipe: Recipe) -> str | None:

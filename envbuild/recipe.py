@@ -13,7 +13,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from .errors import RecipeError
+from .errors import InputError, RecipeError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,6 +65,12 @@ class Recipe:
     @property
     def lock_path(self) -> Path:
         return self.path.with_suffix(".lock")
+
+    def check_python(self, version: str, found: str, fix: str) -> None:
+        """Refuse an interpreter outside requires-python (lock and build share this)."""
+        if not self.requires_python.contains(version, prereleases=True):
+            raise InputError(f"{self.path}: requires-python: expected an interpreter "
+                             f"matching '{self.requires_python}', found {found}; {fix}")
 
 
 def load_recipe(path: Path) -> Recipe:

@@ -36,10 +36,6 @@ class Artifact:
     wheel_sha256: str
 
 
-def file_sha256(path: Path) -> str:
-    return file_digest(str(path))
-
-
 class WheelCache:
     def __init__(self, store: Store, interp: Interpreter, recipe: Recipe, offline: bool,
                  progress: Progress) -> None:
@@ -49,14 +45,14 @@ class WheelCache:
 
     def fill(self, entries: list[LockEntry]) -> list[Artifact]:
         """One checked artifact per entry, downloading (or building) only what is missing."""
-        found: dict[str, Path] = {}
+        found: dict[str, tuple[Path, str]] = {}
         missing: list[LockEntry] = []
         for entry in entries:
-            path = self._lookup(entry)
-            if path is None:
+            hit = self._lookup(entry)
+            if hit is None:
                 missing.append(entry)
             else:
-                found[entry.name] = path
+                found[entry.name] = hit
         if missing:
             if self.offline:
                 names = ", ".join(f"{e.name}=={e.version}" for e in missing)
@@ -65,28 +61,30 @@ class WheelCache:
                                           "--offline to fill the cache")
             self.progress(f"downloading {len(missing)} of {len(entries)} artifacts")
             found.update(self._download(missing))
-        return [self._wheel_for(entry, found[entry.name]) for entry in entries]
+        return [self._wheel_for(entry, *found[entry.name]) for entry in entries]
 
-    def _lookup(self, entry: LockEntry) -> Path | None:
-        candidates: list[Path] = []
+    def _lookup(self, entry: LockEntry) -> tuple[Path, str] | None:
+        """A cached artifact of the entry whose bytes match the lock, and its digest."""
+        candidates: list[tuple[Path, str]] = []
         for digest in entry.hashes:
             folder = self.store.root / "wheels" / digest.removeprefix("sha256:")
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
-                if file_sha256(path) != digest:
+                found = file_digest(str(path))
+                if found != digest:
                     if self.offline:
                         raise CacheIntegrityError(
                             f"{path}: expected sha256 {digest} (from the lock), found "
-                            f"{file_sha256(path)}; the cached file is corrupt and --offline "
+                            f"{found}; the cached file is corrupt and --offline "
                             "forbids fetching it again; build without --offline")
                     log.warning("%s: bytes no longer match the lock's hash; discarding it "
                                 "and fetching it again", path)
                     remove_tree(folder)
                     break
-                candidates.append(path)
-        wheels = [p for p in candidates if p.suffix == ".whl" and self._compatible(p.name)]
-        sdists = [p for p in candidates if p.suffix != ".whl"]
+                candidates.append((path, digest))
+        wheels = [c for c in candidates if c[0].suffix == ".whl" and self._compatible(c[0].name)]
+        sdists = [c for c in candidates if c[0].suffix != ".whl"]
         best = wheels or sdists
         return best[0] if best else None
 
@@ -105,7 +103,7 @@ class WheelCache:
     def _pip(self, *args: str) -> list[str]:
         return pip_argv("--python", self.interp.executable, *args)
 
-    def _download(self, entries: list[LockEntry]) -> dict[str, Path]:
+    def _download(self, entries: list[LockEntry]) -> dict[str, tuple[Path, str]]:
         tmp = Path(tempfile.mkdtemp(prefix="download-", dir=self.store.root / "tmp"))
         try:
             reqs = tmp / "requirements.txt"
@@ -117,14 +115,14 @@ class WheelCache:
                                *self._index_args()),
                      env=hermetic_env())
             by_hash = {h: e for e in entries for h in e.hashes}
-            got: dict[str, Path] = {}
+            got: dict[str, tuple[Path, str]] = {}
             for path in sorted((tmp / "files").iterdir()):
-                digest = file_sha256(path)
+                digest = file_digest(str(path))
                 entry = by_hash.get(digest)
                 if entry is None:
                     raise BuildError(f"{path.name}: pip downloaded a file whose sha256 "
                                      f"{digest} is not in the lock")
-                got[entry.name] = self._adopt(path, digest)
+                got[entry.name] = (self._adopt(path, digest), digest)
             return got
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -138,11 +136,9 @@ class WheelCache:
             remove_tree(staging)
         return folder / path.name
 
-    def _wheel_for(self, entry: LockEntry, path: Path) -> Artifact:
-        digest = file_sha256(path)   # checked again: the cache is shared with other builders
-        if digest not in entry.hashes:
-            raise CacheIntegrityError(f"{path}: expected one of {', '.join(entry.hashes)}, "
-                                      f"found {digest}; remove it and build again")
+    def _wheel_for(self, entry: LockEntry, path: Path, digest: str) -> Artifact:
+        """`digest` was checked against the lock when `path` was looked up or downloaded;
+        pip checks the installed wheel's hash once more (--require-hashes)."""
         if path.suffix == ".whl":
             return Artifact(entry, path, digest, path, digest)
         wheel, wheel_digest = self._built_wheel(path, digest)
@@ -156,7 +152,7 @@ class WheelCache:
         if record.exists():
             wheel_digest, _, name = record.read_text().partition(" ")
             wheel = folder / name
-            if wheel.exists() and file_sha256(wheel) == wheel_digest:
+            if wheel.exists() and file_digest(str(wheel)) == wheel_digest:
                 return wheel, wheel_digest
             log.warning("%s: the wheel built from %s changed; building it again", folder,
                         sdist.name)
@@ -172,7 +168,7 @@ class WheelCache:
             if len(wheels) != 1:
                 raise BuildError(f"{sdist.name}: expected one wheel from the build, found "
                                  f"{len(wheels)}")
-            wheel_digest = file_sha256(wheels[0])
+            wheel_digest = file_digest(str(wheels[0]))
             (staging / "wheel.sha256").write_text(f"{wheel_digest} {wheels[0].name}")
             if not publish_dir(staging, folder):
                 remove_tree(staging)
