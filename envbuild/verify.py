@@ -134,10 +134,8 @@ def verify(env: str, level: str = "quick", expect: str | None = None,
         except (ValueError, UnicodeDecodeError) as exc:
             diffs.append(Difference("manifest", QUICK, QUICK_SCHEMA, f"unreadable ({exc})"))
     if records:
-        if not contract:
-            environ = {name: "" for (name,) in records.get("require", [])}
-        _check_quick(env, records, trusted_uids, os.environ if environ is None else environ,
-                     diffs)
+        _check_quick(env, records, trusted_uids,
+                     (os.environ if environ is None else environ) if contract else None, diffs)
     if level != "quick":
         _check_files(env, manifest, level == "full", trusted_uids, diffs)
         # the files level sees again what quick saw in the paths both read
@@ -174,7 +172,9 @@ def _trusted(env: str, uids: tuple[int, ...]) -> set[int]:
 
 
 def _check_quick(env: str, rec: dict[str, list[list[str]]], trusted_uids: tuple[int, ...],
-                 environ: dict[str, str] | os._Environ[str], diffs: list[Difference]) -> None:
+                 environ: dict[str, str] | os._Environ[str] | None,
+                 diffs: list[Difference]) -> None:
+    """`environ` None: the launch contract's required variables are not checked."""
     site = rec["site"][0][0]
     trusted = _trusted(env, trusted_uids)
     paths = ["", "bin", site, MANIFEST, QUICK]
@@ -191,10 +191,11 @@ def _check_quick(env: str, rec: dict[str, list[list[str]]], trusted_uids: tuple[
         _check_owner_mode(env, rel, trusted, diffs)
     for path, real, digest, version in rec.get("python", []):
         _check_interpreter(env, path, real, digest, version, diffs)
-    for (name,) in rec.get("require", []):
-        if name not in environ:
-            diffs.append(Difference("environment", name, "set (the recipe requires it)",
-                                    "unset"))
+    if environ is not None:
+        for (name,) in rec.get("require", []):
+            if name not in environ:
+                diffs.append(Difference("environment", name, "set (the recipe requires it)",
+                                        "unset"))
     _check_host(rec, diffs)
 
 
