@@ -80,8 +80,8 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
     final = store.env_path(recipe.name, key)
     if (final / MANIFEST).exists():
         return _result(final, key, cached=True)
-    progress(f"waiting for the build lock of {final.name}")
-    with exclusive(store.root / "locks" / f"{recipe.name}-{short_key(key)}.lock"):
+    with exclusive(store.root / "locks" / f"{recipe.name}-{short_key(key)}.lock",
+                   on_wait=lambda: progress(f"waiting for another build of {final.name}")):
         if (final / MANIFEST).exists():
             return _result(final, key, cached=True)
         clear_leftovers(store, recipe.name, key)
@@ -213,10 +213,8 @@ def _relocate(tmp: Path, interp: Interpreter) -> None:
     for path in sorted(bin_dir.iterdir()):
         if path.is_symlink() or not path.is_file():
             continue
-        data = path.read_bytes()
-        first, nl, rest = data.partition(b"\n")
-        if first.startswith(b"#!") and prefix in first:
-            new = _TRAMPOLINE + rest
+        new = _retarget_script(path.read_bytes(), prefix)
+        if new is not None:
             path.write_bytes(new)
             rewritten[f"bin/{path.name}"] = new
     # venv writes the path quoted or not, depending on the Python; replace the whole line
@@ -230,6 +228,23 @@ def _relocate(tmp: Path, interp: Interpreter) -> None:
     cfg.write_text("".join(line for line in cfg.read_text().splitlines(True)
                            if not line.startswith("command = ")))
     _update_records(tmp / interp.site, tmp, rewritten)
+
+
+def _retarget_script(data: bytes, prefix: bytes) -> bytes | None:
+    """The script with its interpreter line made relative; None if it names no env interpreter.
+
+    Installers write `#!/abs/python`, or, when that path is too long for the kernel
+    (over 127 bytes) or holds a space, a `/bin/sh` preamble that execs it: both are replaced.
+    """
+    first, _, rest = data.partition(b"\n")
+    if first.startswith(b"#!") and prefix in first:
+        return _TRAMPOLINE + rest
+    if first == b"#!/bin/sh":
+        second, _, after = rest.partition(b"\n")
+        third, _, body = after.partition(b"\n")
+        if second.startswith(b"'''exec' ") and prefix in second and third == b"' '''":
+            return _TRAMPOLINE + body
+    return None
 
 
 def _replace_line(path: Path, prefix: str, new: str) -> None:

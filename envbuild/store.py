@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +114,12 @@ def _holder_gone(path: Path) -> bool:
 
 
 @contextmanager
-def exclusive(path: Path, poll: float = 0.1) -> Iterator[None]:
-    """Hold the lock at `path` for the duration; waits for a live holder, takes over a dead one."""
+def exclusive(path: Path, poll: float = 0.1,
+              on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the lock at `path` for the duration; waits for a live holder, takes over a dead one.
+
+    `on_wait` is called once, when the lock is found held by a live holder.
+    """
     owner = _owner()
     tmp = path.with_name(f"{path.name}.{owner['token']}")
     tmp.write_text(json.dumps(owner))
@@ -134,6 +138,9 @@ def exclusive(path: Path, poll: float = 0.1) -> Iterator[None]:
                     except FileNotFoundError:
                         pass
                     continue
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
                 time.sleep(poll)
     finally:
         tmp.unlink(missing_ok=True)

@@ -269,8 +269,14 @@ def test_one_lock_two_stores_same_bytes(locked: Path, tmp_path: Path) -> None:
 # ---- relocatable, read-only, bytecode -------------------------------------------------
 
 
-def test_env_is_relocatable(locked: Path, tmp_path: Path) -> None:
-    store = tmp_path / "store"
+@pytest.mark.parametrize("store_name", [
+    "store",
+    # installers write a `/bin/sh` preamble instead of `#!` when the interpreter's path is
+    # over 127 bytes or holds a space: such a store must give the same relocatable env
+    "a store with spaces/" + "deep" * 30,
+], ids=["short-path", "long-path-with-spaces"])
+def test_env_is_relocatable(locked: Path, tmp_path: Path, store_name: str) -> None:
+    store = tmp_path / store_name
     env = Path(build_json(locked, store)["path"])
     needles = {str(env).encode(), str(store).encode(), str(store.resolve()).encode()}
     for dirpath, dirnames, filenames in os.walk(env):
