@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import os
+import shlex
 import shutil
 import stat
 import tempfile
@@ -44,7 +45,7 @@ if [ ! -x "$b/python" ]; then
   echo "envbuild-guard: refused: interpreter: $b/python: expected an executable, found none" >&2
   exit 125
 fi
-exec "$b/python" -I -S -c 'import sys
+@PYLIB@exec "$b/python" -I -S -c 'import sys
 try:
     sys.path.insert(0, sys.argv[1] + "/../lib/envbuild-launch")
     from envbuild.launch import guard_main
@@ -121,7 +122,7 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
               str(tmp)], env=hermetic_env())
     progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
     _install(tmp, artifacts)
-    _install_launcher(tmp)
+    _install_launcher(tmp, interp)
     _relocate(tmp, interp)
     progress("compiling bytecode")
     compile_env(tmp, interp.site, [tmp / "lib" / "envbuild-launch"], artifacts, interp, store)
@@ -137,7 +138,8 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
                         "version": identity["version"], "abi": identity["abi"],
                         "platform": identity["platform"], "libc": identity["libc"],
                         "path": identity["executable"], "sha256": identity["sha256"],
-                        "stdlib_digest": identity["stdlib_digest"]},
+                        "stdlib_digest": identity["stdlib_digest"],
+                        "libpython": identity["libpython"]},
         "distributions": sorted(({"name": a.entry.name, "version": a.entry.version,
                                   "artifact": a.artifact.name, "sha256": a.sha256}
                                  for a in artifacts), key=lambda d: d["name"]),
@@ -192,7 +194,7 @@ def launcher_digest() -> str:
     return sha256_bytes(b"\0".join(parts))
 
 
-def _install_launcher(tmp: Path) -> None:
+def _install_launcher(tmp: Path, interp: Interpreter) -> None:
     """The stdlib-only launch modules and `bin/envbuild-guard`, carried inside the env."""
     here = Path(__file__).parent
     pkg = tmp / "lib" / "envbuild-launch" / "envbuild"
@@ -201,8 +203,20 @@ def _install_launcher(tmp: Path) -> None:
     for name in LAUNCH_MODULES:
         shutil.copyfile(here / name, pkg / name)
     guard = tmp / "bin" / "envbuild-guard"
-    guard.write_text(_GUARD)
+    guard.write_text(_GUARD.replace("@PYLIB@", _pylib_check(interp)))
     guard.chmod(0o755)
+
+
+def _pylib_check(interp: Interpreter) -> str:
+    """Shell lines refusing (125) when a shared build's libpython is gone: the dynamic
+    loader would otherwise fail the interpreter with its own status (127) before any check."""
+    if not interp.libpython:
+        return ""
+    lib = shlex.quote(interp.libpython["path"])
+    return (f"if [ ! -e {lib} ]; then\n"
+            f"  echo \"envbuild-guard: refused: interpreter: \"{lib}\": expected "
+            f"{interp.libpython['sha256']}, found missing\" >&2\n"
+            f"  exit 125\nfi\n")
 
 
 def _relocate(tmp: Path, interp: Interpreter) -> None:

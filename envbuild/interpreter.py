@@ -23,15 +23,32 @@ import json, os, platform, sys, sysconfig
 impl = sys.implementation.name
 iver = "{0.major}.{0.minor}.{0.micro}".format(sys.implementation.version)
 short = {"cpython": "cp", "pypy": "pp"}.get(impl, impl)
+
+def libpython():
+    # the shared library the dynamic linker really mapped (a copied or patched install
+    # differs from the build-time LIBDIR; Debian's binary is static though its build
+    # configuration says shared); LIBDIR/INSTSONAME where /proc is unavailable
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and os.path.basename(fields[5]).startswith("libpython"):
+                    return fields[5].rstrip("\n")
+        return None   # linked statically, whatever the build's configuration says
+    except OSError:
+        pass
+    return os.path.join(sysconfig.get_config_var("LIBDIR") or "",
+                        sysconfig.get_config_var("INSTSONAME") or "")
+
 print(json.dumps({
     "implementation": impl,
     "version": platform.python_version(),
     "abi": "%s%d%d%s" % (short, sys.version_info[0], sys.version_info[1], sys.abiflags),
     "platform": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
     "cache_tag": sys.implementation.cache_tag,
-    "libpython": (os.path.join(sysconfig.get_config_var("LIBDIR") or "",
-                               sysconfig.get_config_var("INSTSONAME") or "")
-                  if sysconfig.get_config_var("Py_ENABLE_SHARED") else None),
+    "libpython": libpython(),
     "libc": " ".join(platform.libc_ver()).strip(),
     "executable": os.path.realpath(sys.executable),
     "stdlib": sysconfig.get_path("stdlib"),
@@ -66,13 +83,14 @@ class Interpreter:
     markers: dict[str, str]
     sha256: str
     stdlib_digest: str
+    libpython: dict[str, str] | None = None   # {path, sha256} of a shared libpython
 
     def identity(self) -> dict[str, Any]:
         """What the manifest records and the env key hashes."""
         return {"implementation": self.implementation, "version": self.version,
                 "abi": self.abi, "platform": self.platform, "libc": self.libc,
                 "executable": self.executable, "sha256": self.sha256,
-                "stdlib_digest": self.stdlib_digest}
+                "stdlib_digest": self.stdlib_digest, "libpython": self.libpython}
 
     def supported_tags(self) -> set[tags.Tag]:
         major, minor = (int(x) for x in self.version.split(".")[:2])
@@ -100,15 +118,29 @@ def probe(python: str | None) -> Interpreter:
                        version=info["version"], abi=info["abi"], platform=info["platform"],
                        libc=info["libc"], stdlib=info["stdlib"], site=info["site"],
                        cache_tag=info["cache_tag"], markers=info["markers"], sha256=digest,
-                       stdlib_digest=stdlib_digest(Path(info["stdlib"]), info["libpython"]))
+                       stdlib_digest=stdlib_digest(Path(info["stdlib"]), info["libpython"]),
+                       libpython=_libpython(info["libpython"]))
+
+
+def _libpython(path: str | None) -> dict[str, str] | None:
+    """The shared libpython a `--enable-shared` build's small binary runs, by its real path:
+    swapping it swaps the interpreter, so launches check its hash as they check the binary's."""
+    if not path or not os.path.isfile(path):
+        return None
+    real = os.path.realpath(path)
+    digest = interpreter_digest(real)
+    return {"path": real, "sha256": digest} if digest else None
 
 
 def _probe_info(exe: str) -> dict[str, Any]:
     """The probe's answer, cached per host by the interpreter's stat (and the kernel's
-    release, which the marker environment names): a cache hit must not start Python."""
+    release, which the marker environment names, and this probe's code): a cache hit must
+    not start Python."""
     real = os.path.realpath(exe)
     st = os.stat(real)
-    key = f"{exe} {real} {st.st_ino} {st.st_size} {st.st_mtime_ns} {os.uname().release}"
+    probe_id = hashlib.sha256(_PROBE.encode()).hexdigest()[:16]
+    key = (f"{exe} {real} {st.st_ino} {st.st_size} {st.st_mtime_ns} {os.uname().release} "
+           f"{probe_id}")
     name = "probe-" + hashlib.sha256(exe.encode()).hexdigest()[:24]
     stored = cached(name, key)
     if stored is not None:

@@ -91,6 +91,8 @@ def quick_records(site: str, root: Path, interp: dict[str, Any], host: HostNeeds
         ("python", "bin/python", interp["path"], interp["sha256"], interp["version"]),
         ("site", site),
     ]
+    if interp["libpython"]:
+        records.append(("pylib", interp["libpython"]["path"], interp["libpython"]["sha256"]))
     for name in sorted(os.listdir(root / site)):
         if name.endswith((".dist-info", ".pth")):
             records.append(("entry", name))

@@ -191,6 +191,10 @@ def _check_quick(env: str, rec: dict[str, list[list[str]]], trusted_uids: tuple[
         _check_owner_mode(env, rel, trusted, diffs)
     for path, real, digest, version in rec.get("python", []):
         _check_interpreter(env, path, real, digest, version, diffs)
+    for path, digest in rec.get("pylib", []):
+        got = interpreter_digest(path)
+        if got != digest:
+            diffs.append(Difference("interpreter", path, digest, got or "missing"))
     if environ is not None:
         for (name,) in rec.get("require", []):
             if name not in environ:

@@ -82,6 +82,11 @@ def test_manifest_schema_and_keys(built: Built) -> None:
     assert interp["platform"] == "linux_" + platform.machine()
     assert interp["libc"] == " ".join(platform.libc_ver()).strip()
     assert interp["path"] == os.path.realpath(sys.executable)
+    with open("/proc/self/maps") as fh:   # what this (same) interpreter really loaded
+        libs = {ln.split(None, 5)[5].strip() for ln in fh if len(ln.split(None, 5)) == 6}
+    lib = [p for p in libs if os.path.basename(p).startswith("libpython")]
+    assert interp["libpython"] == ({"path": lib[0], "sha256": "sha256:" + hashlib.sha256(
+        Path(lib[0]).read_bytes()).hexdigest()} if lib else None)
     assert interp["sha256"] == "sha256:" + hashlib.sha256(
         Path(interp["path"]).read_bytes()).hexdigest()
     assert os.path.realpath(built.env / "bin" / "python") == interp["path"]

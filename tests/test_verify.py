@@ -14,12 +14,15 @@ import json
 import os
 import shlex
 import stat
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import Built, cli, copy_env, envbuild, make_writable
+from conftest import Built, cli, copy_env, envbuild, make_writable, write_recipe
+from pkgindex import LocalIndex
 
 SITE = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
 MANIFEST = "envbuild-manifest.json"
@@ -279,6 +282,62 @@ def test_interpreter_swapped(built: Built, tmp_path: Path) -> None:
         ("interpreter", "bin/python", want, os.path.realpath(OTHER_PYTHON))])
     assert_run_refused(env, tmp_path, lines)
     assert_listed_once(env, "full", lines)
+
+
+def private_shared_python(root: Path) -> tuple[Path, Path]:
+    """A copy of the test interpreter's `--enable-shared` install that loads its own copy of
+    libpython (RUNPATH set with patchelf; the stdlib by symlink): (python, libpython)."""
+    assert sysconfig.get_config_var("Py_ENABLE_SHARED"), (
+        f"the test needs a Python built with --enable-shared, not {sys.executable}")
+    assert shutil.which("patchelf"), "the test needs patchelf (tests/run installs it)"
+    with open("/proc/self/maps") as fh:
+        loaded = {line.split(None, 5)[5].strip() for line in fh if len(line.split(None, 5)) == 6}
+    lib = next(Path(p) for p in loaded if Path(p).name.startswith("libpython"))
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (root / "bin").mkdir(parents=True)
+    (root / "lib").mkdir()
+    python = root / "bin" / ver
+    shutil.copy2(os.path.realpath(sys.executable), python)
+    shutil.copy2(lib, root / "lib" / lib.name)
+    (root / "lib" / ver).symlink_to(sysconfig.get_path("stdlib"))
+    subprocess.run(["patchelf", "--set-rpath", str(root / "lib"), str(python)], check=True)
+    return python, root / "lib" / lib.name
+
+
+def test_libpython_swapped(index: LocalIndex, tmp_path: Path) -> None:
+    """A shared build's binary is a small stub: the interpreter is its libpython, so
+    swapping that library is an interpreter difference at the quick level."""
+    python, libpython = private_shared_python(tmp_path / "py")
+    recipe = write_recipe(tmp_path / "recipe", index, ["alpha"])
+    assert cli("lock", recipe).exit_code == 0
+    res = envbuild("build", recipe, "--store", tmp_path / "store", "--python", python)
+    assert res.returncode == 0, res.stderr
+    env = Path(res.stdout.strip().splitlines()[-1])
+    recorded = json.loads((env / MANIFEST).read_bytes())["interpreter"]["libpython"]
+    assert recorded == {"path": str(libpython), "sha256": sha256_of(libpython)}
+    assert cli("verify", env).exit_code == 0
+
+    other = libpython.with_name("other.so")
+    shutil.copy2(libpython, other)
+    with open(other, "ab") as fh:
+        fh.write(b"\0" * 16)     # still loads: the interpreter runs, but it is not the one
+    other.replace(libpython)
+    lines = assert_differences(env, "quick", [
+        ("interpreter", str(libpython), recorded["sha256"], sha256_of(libpython))])
+    assert_run_refused(env, tmp_path, lines)
+    marker = tmp_path / "GUARD-MARKER"
+    res = subprocess.run([env / "bin" / "envbuild-guard", "--", "touch", marker],
+                         capture_output=True, text=True)
+    assert res.returncode == 125 and not marker.exists(), res.stderr
+    assert lines[0] in res.stderr
+
+    libpython.unlink()        # the interpreter cannot start at all: the guard says so
+    lines = assert_differences(env, "quick", [
+        ("interpreter", str(libpython), recorded["sha256"], "missing")])
+    res = subprocess.run([env / "bin" / "envbuild-guard", "--", "touch", marker],
+                         capture_output=True, text=True)
+    assert res.returncode == 125 and not marker.exists(), res.stderr
+    assert lines[0] in res.stderr
 
 
 # ---- the manifest and its sidecars ---------------------------------------------------------
