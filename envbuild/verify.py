@@ -13,6 +13,11 @@ import stat
 from .errors import NotAnEnvError
 from .names import escape, normalize, parse_dist_info, unescape
 
+TYPE_CHECKING = False   # not typing's: importing typing costs the launch path `re`
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from io import FileIO
+
 try:  # hashlib costs ~11 ms to import; the C module it wraps costs well under one.
     from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover - Python 3.12+ renamed it
@@ -298,15 +303,19 @@ def interpreter_digest(path: str) -> str | None:
 def file_digest(path: str) -> str:
     """sha256 of a file through OpenSSL (hashlib): about 3x the builtin `_sha256` on large
     files, worth its import time wherever whole files are hashed."""
+    with open(path, "rb", buffering=0) as fh:
+        return _digest_of(fh)
+
+
+def _digest_of(fh: FileIO) -> str:
     import hashlib
 
-    with open(path, "rb", buffering=0) as fh:
-        if hasattr(hashlib, "file_digest"):
-            return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
-        h = hashlib.sha256()  # Python < 3.11
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-        return "sha256:" + h.hexdigest()
+    if hasattr(hashlib, "file_digest"):
+        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+    h = hashlib.sha256()  # Python < 3.11
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def _check_host(rec: dict[str, list[list[str]]], diffs: list[Difference]) -> None:
@@ -366,9 +375,12 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
     if data is None:
         return
     recorded = read_files(data.decode("utf-8"))
+    # the content is hashed by other processes while this one walks the tree and compares
+    hasher = _Hasher(env, [(rel, size) for rel, (kind, _, size, _) in sorted(recorded.items())
+                           if kind == "f"]) if content else None
     found = walk(env)
     trusted = _trusted(env, trusted_uids)
-    to_hash: list[tuple[str, int]] = []
+    intact: list[str] = []     # regular files as recorded but for their content
     for rel, (kind, mode, size, digest) in sorted(recorded.items()):
         st = found.get(rel)
         if st is None:
@@ -389,44 +401,114 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
             if stat.S_IMODE(st.st_mode) != mode and not stat.S_IMODE(st.st_mode) & _WRITABLE:
                 diffs.append(Difference("permissions", rel, f"mode {mode:04o}",
                                         f"mode {stat.S_IMODE(st.st_mode):04o}"))
-            to_hash.append((rel, size))
+            intact.append(rel)
     for rel in sorted(found):
         st = found[rel]
         if rel not in recorded and not stat.S_ISDIR(st.st_mode):
             diffs.append(Difference("added", rel, "absent", "present"))
         _owner_mode_diff(rel, st, trusted, diffs)
-    if content:
-        for rel, got in hash_files(env, to_hash):
-            want = recorded[rel][3]
-            if got != want:
+    if hasher is not None:
+        hashes = hasher.results()
+        for rel in intact:
+            want, got = recorded[rel][3], hashes[rel]
+            if got.startswith("!"):
+                diffs.append(Difference("modified", rel, f"sha256:{want}",
+                                        f"unreadable ({got[1:]})"))
+            elif got != want:
                 diffs.append(Difference("modified", rel, f"sha256:{want}", f"sha256:{got}"))
 
 
-def hash_files(env: str, files: list[tuple[str, int]]) -> list[tuple[str, str]]:
-    """(relpath, sha256 hex) for each (relpath, size): a few threads, each with its own
-    share of the files, since OpenSSL's sha256 releases the GIL while it hashes."""
+class _Hasher:
+    """Hashes files in several processes while the caller goes on (the walk, the stat checks).
+
+    OpenSSL's sha256 is fast; what costs is Python's per-file work (open, read, close), which
+    threads would serialize on the GIL. So the work is split across forked processes: chunks
+    of the file list are claimed from a pipe (a read of 4 bytes is atomic), so a busy process
+    takes fewer; each child sends back `index digest` lines when its queue runs dry. The
+    caller claims chunks too, once it is done with its own work, in `results()`. A child that
+    fails leaves its files to the caller.
+    """
+
+    def __init__(self, env: str, files: list[tuple[str, int]]) -> None:
+        self.env, self.files = env, files
+        self.chunk = max(8, len(files) // 512)
+        starts = range(0, len(files), self.chunk)
+        self.queue, feed = os.pipe()
+        if len(starts) * 4 > 65536:   # more than a pipe holds: no queue, the caller hashes all
+            os.close(feed)
+            os.close(self.queue)
+            self.queue = -1
+            self.children: list[tuple[int, int]] = []
+            return
+        os.write(feed, b"".join(i.to_bytes(4, "little") for i in starts))
+        os.close(feed)
+        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1)
+        self.children = [self._fork() for _ in range(workers - 1 if len(files) > 64 else 0)]
+
+    def _fork(self) -> tuple[int, int]:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: hash, report, leave without running any cleanup
+            status = 1
+            try:
+                os.close(rfd)
+                lines = "".join(f"{i} {d}\n" for i, d in self._drain())
+                with open(wfd, "w", encoding="utf-8") as out:
+                    out.write(lines)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(wfd)
+        return pid, rfd
+
+    def _drain(self) -> Iterator[tuple[int, str]]:
+        while self.queue >= 0:
+            claim = os.read(self.queue, 4)
+            if len(claim) < 4:
+                return
+            start = int.from_bytes(claim, "little")
+            for i in range(start, min(start + self.chunk, len(self.files))):
+                yield i, _hash_one(self.env, *self.files[i])
+
+    def results(self) -> dict[str, str]:
+        """{relpath: sha256 hex, or '!' and why it could not be read}."""
+        done: dict[int, str] = dict(self._drain()) if self.queue >= 0 else {}
+        for pid, rfd in self.children:
+            with open(rfd, encoding="utf-8") as fh:
+                text = fh.read()
+            _, status = os.waitpid(pid, 0)
+            if status == 0:
+                for line in text.splitlines():
+                    index, _, digest = line.partition(" ")
+                    done[int(index)] = digest
+        if self.queue >= 0:
+            os.close(self.queue)
+        return {rel: done[i] if i in done else _hash_one(self.env, rel, size)
+                for i, (rel, size) in enumerate(self.files)}
+
+
+def _hash_one(env: str, rel: str, size: int) -> str:
+    """sha256 hex of a regular file (size+1 bytes read: a file that grew still differs),
+    never following a symlink or blocking on a fifo; '!' and the reason otherwise."""
     import hashlib
-    from concurrent.futures import ThreadPoolExecutor
 
-    def share(items: list[tuple[str, int]]) -> list[tuple[str, str]]:
-        out = []
-        for rel, size in items:
-            path = os.path.join(env, rel)
-            if size <= 1 << 22:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    data = os.read(fd, size + 1)   # +1: a file that grew still differs
-                finally:
-                    os.close(fd)
-                out.append((rel, hashlib.sha256(data).hexdigest()))
-            else:
-                out.append((rel, file_digest(path).removeprefix("sha256:")))
-        return out
-
-    workers = min(4, (os.cpu_count() or 1) + 1)
-    shares = [files[i::workers] for i in range(workers)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [pair for result in pool.map(share, shares) for pair in result]
+    try:
+        fd = os.open(os.path.join(env, rel),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"!{exc.strerror}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "!not a regular file"
+        if size <= 1 << 22:
+            return hashlib.sha256(os.read(fd, size + 1)).hexdigest()
+        with open(fd, "rb", buffering=0, closefd=False) as fh:
+            return _digest_of(fh).removeprefix("sha256:")
+    except OSError as exc:
+        return f"!{exc.strerror}"
+    finally:
+        os.close(fd)
 
 
 __all__ = ["Difference", "Report", "verify", "normalize", "LEVELS"]

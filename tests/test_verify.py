@@ -195,6 +195,26 @@ def test_grown_file(built: Built, tmp_path: Path) -> None:
     assert_run_refused(env, tmp_path, lines, "--level", "files")
 
 
+def test_file_replaced_by_a_fifo_or_a_symlink(built: Built, tmp_path: Path) -> None:
+    """Full verify reads files in other processes: a fifo must not block it, and a symlink
+    must not be followed out of the env."""
+    env = tampered_copy(built, tmp_path)
+    fifo, link = f"{SITE}/delta.py", f"{SITE}/gamma.py"
+    (env / fifo).unlink()
+    os.mkfifo(env / fifo, 0o644)
+    (env / link).unlink()
+    (env / link).symlink_to("/etc/hostname")
+    freeze(env)
+
+    want: list[Want] = [("modified", fifo, "a regular file", "another kind of file"),
+                        ("modified", link, "a regular file", "another kind of file")]
+    res = subprocess.run([sys.executable, "-m", "envbuild", "verify", env, "--level", "full"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    lines = assert_differences(env, "full", want)
+    assert_run_refused(env, tmp_path, lines, "--level", "full")
+
+
 def test_removed_file(built: Built, tmp_path: Path) -> None:
     env = tampered_copy(built, tmp_path)
     rel = f"{SITE}/gamma.py"
