@@ -1,7 +1,8 @@
 """The spine, side by side with its baselines: verify (quick, files, full), build from a warm
 wheel cache, cache hit and `lock --check`, on the jupyter-stack env (~100 distributions).
 
-    python bench/bench_spine.py [--runs N] [--light-runs M] [--store DIR] [--skip-heavy]
+    python bench/bench_spine.py [--runs N] [--light-runs M] [--store DIR]
+                                [--skip-heavy | --skip-builds]
 
 Every row and its baseline are timed in the same run, interleaved round by round, and
 reported as medians. Prints a markdown table; writes bench/out/spine.json.
@@ -73,8 +74,20 @@ def light_tasks(env: BenchEnv) -> list[Task]:
     ]
 
 
-def heavy_tasks(env: BenchEnv) -> list[Task]:
+def full_tasks(env: BenchEnv) -> list[Task]:
+    """Full verify and its baseline, in rounds of their own: next to builds, the writeback
+    of a build's 550 MB lands on whichever of them runs next."""
     e = str(env.path)
+    return [
+        Task("full: envbuild verify --level full",
+             lambda: [[ENVBUILD, "verify", e, "--level", "full"]]),
+        Task("find | xargs -P2 sha256sum",
+             lambda: [["sh", "-c", f"find {shlex.quote(e)} -type f -print0 | "
+                                   "xargs -0 -P2 -n500 sha256sum > /dev/null"]]),
+    ]
+
+
+def heavy_tasks(env: BenchEnv) -> list[Task]:
     lock = env.recipe.with_suffix(".lock")
     counter = itertools.count()
     made: list[Path] = []
@@ -108,11 +121,6 @@ def heavy_tasks(env: BenchEnv) -> list[Task]:
     pyc_cache = env.store / "pycs"
     with_pycs = pyc_cache.is_dir() and any(pyc_cache.iterdir())
     tasks = [
-        Task("full: envbuild verify --level full",
-             lambda: [[ENVBUILD, "verify", e, "--level", "full"]]),
-        Task("find | xargs -P2 sha256sum",
-             lambda: [["sh", "-c", f"find {shlex.quote(e)} -type f -print0 | "
-                                   "xargs -0 -P2 -n500 sha256sum > /dev/null"]]),
         Task("build: warm wheel cache, fresh store", lambda: fresh_store(WHEEL_CACHE),
              cleanup=cleanup),
         Task("venv + uv pip sync (warm uv cache)", lambda: fresh_venv(False), env=uv_env(),
@@ -183,7 +191,8 @@ def render(data: dict[str, Any]) -> str:
     env, runs, load = data["env"], data["runs"], data["loadavg"]
     heavy = str(runs["heavy"]) if runs["heavy"] else "skipped"
     header = (f"jupyter-stack: {env['distributions']} distributions, {env['files']:,} files; "
-              f"medians of {runs['light']} (light) / {heavy} (heavy) interleaved runs, "
+              f"medians of {runs['light']} (light, and full verify in rounds of its own) / "
+              f"{heavy} (builds) interleaved runs, "
               f"warm page cache; load average {load['start']:.2f} at start, "
               f"{load['end']:.2f} at end")
     return markdown_table(rows(env["files"], data["samples_ms"]), header)
@@ -201,6 +210,8 @@ def main() -> None:
                     help=f"the bench store, reused between runs (default {DEFAULT_STORE})")
     ap.add_argument("--skip-heavy", action="store_true",
                     help="only the light rows (no full verify, no builds)")
+    ap.add_argument("--skip-builds", action="store_true",
+                    help="the light rows and full verify, no builds")
     ap.add_argument("--report", type=Path, metavar="JSON",
                     help="measure nothing: print the table of an earlier spine.json")
     args = ap.parse_args()
@@ -215,6 +226,9 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     samples = interleave(light_tasks(env), light_runs, label="light")
     if not args.skip_heavy:
+        os.sync()
+        samples.update(interleave(full_tasks(env), light_runs, label="full"))
+    if not (args.skip_heavy or args.skip_builds):
         check_fresh_build_is_real(env)
         samples.update(interleave(heavy_tasks(env), args.runs, label="heavy"))
     force_rmtree(SCRATCH)
@@ -225,7 +239,8 @@ def main() -> None:
         "env": {"path": str(env.path), "manifest_digest": env.manifest_digest,
                 "distributions": env.distributions, "files": env.files,
                 "stale_launch_modules": list(env.stale_launch)},
-        "runs": {"light": light_runs, "heavy": 0 if args.skip_heavy else args.runs},
+        "runs": {"light": light_runs,
+                 "heavy": 0 if args.skip_heavy or args.skip_builds else args.runs},
         "rows": [r.to_json() for r in rows(env.files, samples)],
         "samples_ms": {k: [round(x, 2) for x in v] for k, v in samples.items()},
     }

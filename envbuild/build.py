@@ -76,6 +76,12 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
     interp = probe(python)
     _check_interpreter(recipe, lock, interp)
     store = Store.locate(store_dir)
+    with store.forgotten_on_bad_input():
+        return _build_in(store, recipe, lock, interp, offline, progress)
+
+
+def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, offline: bool,
+              progress: Progress) -> BuildResult:
     key = env_key(lock.text, recipe.digest, interp.identity(), interp.platform,
                   launcher_digest())
     final = store.env_path(recipe.name, key)
@@ -93,7 +99,8 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
         try:
             _assemble(tmp, recipe, lock, interp, artifacts, key, store, progress)
             progress(f"publishing {final}")
-            publish_dir(tmp, final)
+            if not publish_dir(tmp, final):   # published meanwhile: same key, same bytes
+                remove_tree(tmp)
         except BaseException:
             remove_tree(tmp)
             raise

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from .errors import NotAnEnvError
-from .launch import CommandError, launch, parse_launch_args
+from .launch import CommandError, is_digest, launch, parse_launch_args
 from .verify import LEVELS, verify
 
 VERIFY_USAGE = ("usage: envbuild verify ENV [--level quick|files|full] [--expect sha256:HEX] "
@@ -21,7 +21,12 @@ def run_main(args: list[str]) -> int:
     except CommandError as exc:
         sys.stderr.write(f"{exc}\n")
         return exc.code
-    return launch(str(opts["env"]), cmd, level=str(opts["level"]), expect=opts["expect"])
+    try:
+        return launch(str(opts["env"]), cmd, level=str(opts["level"]), expect=opts["expect"])
+    except Exception as exc:  # noqa: BLE001 - a failure of the launcher itself refuses:
+        # exiting 1 would look like CMD's own status
+        sys.stderr.write(f"envbuild run: refused: internal error: {exc!r}\n")
+        return 125
 
 
 def verify_main(args: list[str]) -> int:
@@ -47,8 +52,9 @@ def verify_main(args: list[str]) -> int:
         return _bad("missing ENV")
     if level not in LEVELS:
         return _bad(f"--level: expected one of {', '.join(LEVELS)}, found {level!r}")
-    if expect is not None and not expect.startswith("sha256:"):
-        return _bad(f"--expect: expected sha256:HEX, found {expect!r}")
+    if expect is not None and not is_digest(expect):
+        return _bad(f"--expect: expected sha256: and 64 hex digits (as `envbuild verify "
+                    f"--json` prints), found {expect!r}")
     try:
         report = verify(env, level=level, expect=expect)
     except NotAnEnvError as exc:

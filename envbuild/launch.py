@@ -12,7 +12,7 @@ import time
 
 from .errors import NotAnEnvError
 from .runlog import record
-from .verify import LEVELS, MANIFEST, Report, verify
+from .verify import LEVELS, MANIFEST, Difference, Report, verify
 
 REFUSED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
 _FORWARDED = (2, 3, 15)      # SIGINT, SIGQUIT, SIGTERM
@@ -68,13 +68,13 @@ def launch(env: str, argv: list[str], level: str = "quick", expect: str | None =
     """Verify, apply the contract, run argv, record the run; return the exit status."""
     started = time.time()
     if not argv:
-        _say(prog, "refused: no command given (usage: ... [--] CMD ARGS...)")
-        return REFUSED
+        return _refuse_unverified(env, level, argv, started, prog, Difference(
+            "command", "CMD", "a command (usage: ... [--] CMD ARGS...)", "none"))
     try:
         report = verify(env, level=level, expect=expect, trusted_uids=trusted_uids)
     except NotAnEnvError as exc:
-        _say(prog, f"refused: {exc}")
-        return REFUSED
+        return _refuse_unverified(env, level, argv, started, prog, Difference(
+            "manifest", MANIFEST, "an envbuild env", str(exc)))
     env_dir = report.env
     try:
         _check_root(report, prog)
@@ -91,10 +91,19 @@ def launch(env: str, argv: list[str], level: str = "quick", expect: str | None =
         _say(prog, str(exc))
         record(report, argv, started, exc.code, None, None, child_env)
         return exc.code
-    pid, status = _spawn(exe, argv, child_env)
+    pid, status, forwarded = _spawn(exe, argv, child_env)
     code, sig = _exit_code(status)
-    record(report, argv, started, code, sig, pid, child_env)
+    record(report, argv, started, code, sig, pid, child_env, forwarded)
     return code
+
+
+def _refuse_unverified(env: str, level: str, argv: list[str], started: float, prog: str,
+                       why: Difference) -> int:
+    """Refuse before any verification could run; still a launch, so still recorded."""
+    _say(prog, f"refused: {why.found if why.kind == 'manifest' else why.line()}")
+    report = Report(os.path.abspath(env), level, None, [why], {})
+    record(report, argv, started, REFUSED, None, None, dict(os.environ))
+    return REFUSED
 
 
 def _check_root(report: Report, prog: str) -> None:
@@ -111,8 +120,10 @@ def _check_root(report: Report, prog: str) -> None:
                    "reach is root-owned")
 
 
-def _spawn(exe: str, argv: list[str], child_env: dict[str, str]) -> tuple[int, int]:
-    """fork/execve CMD, forward SIGINT/SIGTERM/SIGQUIT once each, wait; (pid, status).
+def _spawn(exe: str, argv: list[str], child_env: dict[str, str]
+           ) -> tuple[int, int, list[int]]:
+    """fork/execve CMD, forward SIGINT/SIGTERM/SIGQUIT once each, wait;
+    (pid, status, the signals forwarded).
 
     At a terminal (we are its foreground group), CMD shares our process group so job
     control and reading the terminal work; the terminal's own signals (Ctrl-C, Ctrl-\\)
@@ -125,6 +136,9 @@ def _spawn(exe: str, argv: list[str], child_env: dict[str, str]) -> tuple[int, i
     watched = {*_FORWARDED, _SIGCHLD}
     own_group = not _at_terminal()
     parent = os.getpid()
+    forwarded: list[int] = []
+    # an inherited SIG_IGN for SIGCHLD would reap CMD unseen and wait forever
+    chld = _signal.signal(_SIGCHLD, _signal.SIG_DFL)
     old = _signal.pthread_sigmask(_signal.SIG_BLOCK, watched)
     pid = os.fork()
     if pid == 0:  # child
@@ -132,6 +146,7 @@ def _spawn(exe: str, argv: list[str], child_env: dict[str, str]) -> tuple[int, i
             if own_group:
                 os.setpgid(0, 0)
                 _die_with(parent)
+            _signal.signal(_SIGCHLD, chld)   # CMD inherits what we did
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
             os.execve(exe, argv, child_env)
         finally:
@@ -147,14 +162,16 @@ def _spawn(exe: str, argv: list[str], child_env: dict[str, str]) -> tuple[int, i
             if info.si_signo == _SIGCHLD:
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
-                    return pid, status
+                    return pid, status, forwarded
             elif own_group or info.si_code != _SI_KERNEL:
                 try:
                     os.kill(pid, info.si_signo)
+                    forwarded.append(info.si_signo)
                 except ProcessLookupError:
                     pass
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+        _signal.signal(_SIGCHLD, chld)
 
 
 def _at_terminal() -> bool:
@@ -193,6 +210,13 @@ def _say(prog: str, message: str) -> None:
 # ---- command lines -----------------------------------------------------------------------
 
 
+def is_digest(value: str) -> bool:
+    """`sha256:` and 64 lowercase hex digits, the form every envbuild digest takes."""
+    hexpart = value[7:]
+    return (value.startswith("sha256:") and len(hexpart) == 64
+            and all(c in "0123456789abcdef" for c in hexpart))
+
+
 def parse_launch_args(args: list[str], prog: str, want_env: bool = False
                       ) -> tuple[dict[str, str | None], list[str]]:
     """`[--level L] [--expect D] [ENV] [--] CMD ARGS...`: options stop at CMD.
@@ -218,6 +242,10 @@ def parse_launch_args(args: list[str], prog: str, want_env: bool = False
                 i += 1
             opts[name[2:]] = value
             i += 1
+            if name == "--expect" and not is_digest(value):
+                raise CommandError(REFUSED, f"{prog}: --expect: expected sha256: and 64 hex "
+                                            f"digits (as `envbuild verify --json` prints), "
+                                            f"found {value!r}")
             continue
         if arg.startswith("-") and arg != "-":
             raise CommandError(REFUSED, f"{prog}: unknown option {arg} (options: --level, "

@@ -17,7 +17,7 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import LockError
+from .errors import LockError, ToolError
 from .fsutil import atomic_write
 from .proc import hermetic_env, run_tool
 from .recipe import Recipe
@@ -66,8 +66,23 @@ class PipToolsResolver:
             for package in upgrade_packages:
                 argv += ["--upgrade-package", package]
             argv.append("recipe.in")
-            run_tool(argv, env=hermetic_env(), cwd=work)
+            try:
+                run_tool(argv, env=hermetic_env(), cwd=work)
+            except ToolError as exc:
+                if any(sign in exc.output for sign in _UNSATISFIABLE):
+                    # the index answered: what the recipe asks for does not exist there
+                    tail = "\n".join(exc.output.strip().splitlines()[-8:])
+                    raise LockError(
+                        f"{recipe.path}: dependencies: cannot be satisfied from "
+                        f"{redact_url(recipe.index_url)}; change the requirement or the "
+                        f"[index] table:\n{tail}") from None
+                raise
             return (work / "recipe.txt").read_text()
+
+
+# pip's words for "the index has nothing that satisfies this": bad input, not a failure
+_UNSATISFIABLE = ("ResolutionImpossible", "Could not find a version that satisfies",
+                  "No matching distribution found")
 
 
 @dataclass(frozen=True)

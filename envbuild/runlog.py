@@ -12,24 +12,37 @@ from .verify import Report
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 
 
-def runlog_path() -> str:
-    """$ENVBUILD_RUNLOG, else one file per host in the store: appends are not atomic
-    across NFS clients, so hosts never share a file."""
+def runlog_path(env: str | None = None) -> str:
+    """$ENVBUILD_RUNLOG; else one file per host (appends are not atomic across NFS clients,
+    so hosts never share a file) in $ENVBUILD_STORE, or in the store `env` was built in if
+    this user can write its `runs/`, or in the per-user store."""
     explicit = os.environ.get("ENVBUILD_RUNLOG")
     if explicit:
         return explicit
-    store = os.environ.get("ENVBUILD_STORE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "envbuild")   # platformdirs.user_cache_dir("envbuild") on Linux, without importing it
+    store = os.environ.get("ENVBUILD_STORE")
+    if not store and env:
+        parent = os.path.dirname(os.path.abspath(env))      # <store>/envs/<name>-<key>
+        own = os.path.dirname(parent)
+        if os.path.basename(parent) == "envs" and os.access(os.path.join(own, "runs"),
+                                                             os.W_OK):
+            store = own
+    if not store:
+        store = os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+            "envbuild")   # platformdirs.user_cache_dir("envbuild") on Linux, without importing it
     return os.path.join(store, "runs", os.uname().nodename + ".jsonl")
 
 
 def record(report: Report, argv: list[str], started: float, code: int, sig: int | None,
-            pid: int | None, environ: dict[str, str]) -> None:
-    path = runlog_path()
+            pid: int | None, environ: dict[str, str], forwarded: list[int] | None = None
+            ) -> None:
+    """One line for one launch. `forwarded`: the signals passed on to CMD (an addition to
+    DESIGN's keys: `signal` is only the one that ended CMD)."""
+    path = runlog_path(report.env)
     record = {
         "started_utc": _utc(started), "ended_utc": _utc(time.time()), "exit_code": code,
-        "signal": _signal_name(sig) if sig else None, "argv": argv, "pid": pid,
+        "signal": _signal_name(sig) if sig else None,
+        "forwarded": [_signal_name(s) for s in forwarded or ()], "argv": argv, "pid": pid,
         "launcher_pid": os.getpid(), "host": os.uname().nodename, "ip": local_ip(),
         "user": _user(), "cwd": _cwd(), "env": report.env,
         "manifest_digest": report.manifest_digest,

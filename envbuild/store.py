@@ -16,11 +16,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import BUILD_FORMAT
+from .errors import InputError
 from .fsutil import remove_tree
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,13 @@ LEASE_SECONDS = 60.0
 REFRESH_SECONDS = 10.0
 
 
+_SUBDIRS = ("wheels", "built", "pycs", "envs", "locks", "runs", "tmp")
+
+
 @dataclass(frozen=True)
 class Store:
     root: Path
+    created: bool = False      # by this process, just now
 
     @classmethod
     def locate(cls, explicit: Path | None = None) -> Store:
@@ -44,9 +49,29 @@ class Store:
 
                 explicit = Path(platformdirs.user_cache_dir("envbuild"))
         root = explicit.expanduser().absolute()
-        for sub in ("wheels", "built", "pycs", "envs", "locks", "runs", "tmp"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        return cls(root)
+        if root.exists() and not root.is_dir():
+            raise InputError(f"store: {root} is not a directory; pass --store DIR (or set "
+                             "ENVBUILD_STORE) naming a directory, new or existing")
+        created = not root.exists()
+        try:
+            for sub in _SUBDIRS:
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"store: cannot create {root}: {exc.strerror}; pass --store "
+                             "DIR naming a directory you can write") from None
+        return cls(root, created)
+
+    @contextmanager
+    def forgotten_on_bad_input(self) -> Iterator[None]:
+        """Bad input changes nothing on disk: a store this command created is removed."""
+        try:
+            yield
+        except InputError:
+            if self.created:   # only what is still empty: another build may have begun
+                for sub in (*_SUBDIRS, ""):
+                    with suppress(OSError):
+                        (self.root / sub).rmdir()
+            raise
 
     @property
     def envs(self) -> Path:
@@ -99,18 +124,42 @@ def _owner() -> dict[str, object]:
             "start": _start_time(os.getpid()), "token": uuid.uuid4().hex}
 
 
-def _holder_gone(path: Path) -> bool:
+def _dead_holder(path: Path) -> str | None:
+    """The token of the lock's holder if that holder is gone, else None."""
     try:
         st = path.stat()
         owner = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False  # vanished or half-read: look again on the next round
+        return None  # vanished or half-read: look again on the next round
+    token = str(owner.get("token", ""))
     if owner.get("host") == socket.gethostname():
         if owner.get("boot_id") != _boot_id():
-            return True
+            return token
         pid = int(owner.get("pid", 0))
-        return not pid or _start_time(pid) != owner.get("start")
-    return time.time() - st.st_mtime > LEASE_SECONDS
+        return token if not pid or _start_time(pid) != owner.get("start") else None
+    return token if time.time() - st.st_mtime > LEASE_SECONDS else None
+
+
+def _take_over(path: Path, dead: str, stale: Path) -> None:
+    """Move a dead holder's lock aside. Between judging it dead and the rename, another
+    waiter may have done the same and taken the lock: a live lock moved by mistake is put
+    back."""
+    try:
+        os.rename(path, stale)
+    except FileNotFoundError:
+        return
+    try:
+        moved = str(json.loads(stale.read_text()).get("token", ""))
+    except (OSError, ValueError):
+        moved = dead
+    if moved == dead:
+        log.warning("took over lock %s from a builder that is gone", path)
+    else:
+        try:
+            os.link(stale, path)
+        except FileExistsError:
+            log.warning("lock %s: a live holder's lock was displaced", path)
+    stale.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -129,14 +178,9 @@ def exclusive(path: Path, poll: float = 0.1,
                 os.link(tmp, path)
                 break
             except FileExistsError:
-                if _holder_gone(path):
-                    stale = path.with_name(f"{path.name}.stale.{owner['token']}")
-                    try:
-                        os.rename(path, stale)
-                        log.warning("took over lock %s from a builder that is gone", path)
-                        stale.unlink()
-                    except FileNotFoundError:
-                        pass
+                dead = _dead_holder(path)
+                if dead is not None:
+                    _take_over(path, dead, path.with_name(f"{path.name}.stale.{owner['token']}"))
                     continue
                 if on_wait is not None:
                     on_wait()

@@ -33,6 +33,8 @@ FILES = META + "/files"
 QUICK_SCHEMA = "envbuild.quick/1"
 FILES_SCHEMA = "envbuild.files/1"
 LEVELS = ("quick", "files", "full")
+LAUNCH_DIR = "lib/envbuild-launch"          # the guard's sys.path entry
+LAUNCH_PKG = LAUNCH_DIR + "/envbuild"
 _WRITABLE = stat.S_IWGRP | stat.S_IWOTH
 
 
@@ -59,7 +61,7 @@ class Difference:
 class Report:
     __slots__ = ("env", "level", "manifest_digest", "differences", "quick")
 
-    def __init__(self, env: str, level: str, digest: str, differences: list[Difference],
+    def __init__(self, env: str, level: str, digest: str | None, differences: list[Difference],
                  quick: dict[str, list[list[str]]]) -> None:
         self.env, self.level, self.manifest_digest = env, level, digest
         self.differences, self.quick = differences, quick
@@ -182,7 +184,15 @@ def _check_quick(env: str, rec: dict[str, list[list[str]]], trusted_uids: tuple[
     """`environ` None: the launch contract's required variables are not checked."""
     site = rec["site"][0][0]
     trusted = _trusted(env, trusted_uids)
-    paths = ["", "bin", site, MANIFEST, QUICK]
+    # every path whose owner or mode decides what runs before this check has finished:
+    # the guard, pyvenv.cfg (read at interpreter start), the launch code and its pycs
+    paths = ["", "bin", "bin/envbuild-guard", "pyvenv.cfg", META, MANIFEST, QUICK, "lib",
+             os.path.dirname(site), site, LAUNCH_DIR, LAUNCH_PKG]
+    for sub in (LAUNCH_PKG, LAUNCH_PKG + "/__pycache__"):
+        try:
+            paths += [f"{sub}/{n}" for n in sorted(os.listdir(os.path.join(env, sub)))]
+        except OSError:
+            pass   # missing: the files level says so; the guard could not have started
     expected = {fields[0] for fields in rec.get("entry", [])}
     try:
         found = {n for n in os.listdir(os.path.join(env, site))
@@ -351,21 +361,28 @@ def _vtuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split(".") if x.isdigit())
 
 
-def walk(env: str) -> dict[str, os.stat_result]:
-    """Every path under env (relative POSIX) with its lstat, outside the manifest and META."""
+def walk(env: str, errors: list[Difference] | None = None) -> dict[str, os.stat_result]:
+    """Every path under env (relative POSIX) with its lstat, outside the manifest and META.
+    A directory that cannot be read is a `permissions` difference in `errors`."""
     out: dict[str, os.stat_result] = {}
     stack = [""]
     while stack:
         rel = stack.pop()
-        with os.scandir(os.path.join(env, rel) if rel else env) as it:
-            for entry in it:
-                sub = f"{rel}/{entry.name}" if rel else entry.name
-                if not rel and entry.name in (MANIFEST, META):
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                out[sub] = st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(sub)
+        try:
+            with os.scandir(os.path.join(env, rel) if rel else env) as it:
+                for entry in it:
+                    sub = f"{rel}/{entry.name}" if rel else entry.name
+                    if not rel and entry.name in (MANIFEST, META):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    out[sub] = st
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(sub)
+        except OSError as exc:
+            if errors is None:
+                raise
+            errors.append(Difference("permissions", rel or ".", "readable",
+                                     f"unreadable ({exc.strerror})"))
     return out
 
 
@@ -374,11 +391,15 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
     data = _bound_sidecar(env, manifest, FILES, b'"tree_digest":"', diffs)
     if data is None:
         return
-    recorded = read_files(data.decode("utf-8"))
+    try:
+        recorded = read_files(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        diffs.append(Difference("manifest", FILES, FILES_SCHEMA, f"unreadable ({exc})"))
+        return
     # the content is hashed by other processes while this one walks the tree and compares
     hasher = _Hasher(env, [(rel, size) for rel, (kind, _, size, _) in sorted(recorded.items())
                            if kind == "f"]) if content else None
-    found = walk(env)
+    found = walk(env, diffs)
     trusted = _trusted(env, trusted_uids)
     intact: list[str] = []     # regular files as recorded but for their content
     for rel, (kind, mode, size, digest) in sorted(recorded.items()):

@@ -249,6 +249,26 @@ def test_corrupt_cached_wheel_offline_is_refused(index: LocalIndex, tmp_path: Pa
 # ---- reproducibility ------------------------------------------------------------------
 
 
+def test_offline_build_into_a_new_store_is_refused_and_leaves_nothing(
+        locked: Path, tmp_path: Path) -> None:
+    store = tmp_path / "new" / "store"
+    res = envbuild("build", locked, "--store", store, "--offline")
+    assert res.returncode == 2, res.stderr
+    assert "--offline" in res.stderr
+    assert not store.exists(), sorted(p.name for p in store.rglob("*"))
+
+
+def test_store_that_is_a_file_is_bad_input(locked: Path, tmp_path: Path) -> None:
+    path = tmp_path / "a-file"
+    path.write_text("x")
+    for option in (["--store", str(path)], []):
+        res = envbuild("build", locked, *option,
+                       env={**os.environ, "ENVBUILD_STORE": str(path)})
+        assert res.returncode == 2, res.stderr
+        assert f"{path} is not a directory" in res.stderr
+    assert path.read_text() == "x"
+
+
 def test_one_lock_two_stores_same_bytes(locked: Path, tmp_path: Path) -> None:
     one = build_json(locked, tmp_path / "one")
     two = build_json(locked, tmp_path / "two")

@@ -20,7 +20,8 @@ def _verify(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("args", "message"), [
     ([], "missing ENV"),
     (["--level", "deep"], "--level: expected one of quick, files, full, found 'deep'"),
-    (["--expect", "md5:abc"], "--expect: expected sha256:HEX, found 'md5:abc'"),
+    (["--expect", "md5:abc"], "--expect: expected sha256: and 64 hex digits"),
+    (["--expect", "sha256:zz"], "found 'sha256:zz'"),
     (["--bogus"], "unexpected argument '--bogus'"),
 ])
 def test_bad_verify_input_exits_2(built: Built, args: list[str], message: str) -> None:
@@ -51,4 +52,4 @@ def test_run_without_command_is_refused(built: Built) -> None:
     proc = subprocess.run([sys.executable, "-m", "envbuild", "run", str(built.env)],
                           capture_output=True, text=True)
     assert proc.returncode == 125
-    assert "no command given" in proc.stderr
+    assert "refused: command: CMD: expected a command" in proc.stderr

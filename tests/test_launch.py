@@ -152,13 +152,60 @@ def test_killed_by_signal_is_128_plus_n(kind: str, env: Path) -> None:
 
 
 def test_run_on_a_path_that_is_not_an_env_is_125(tmp_path: Path) -> None:
-    marker = tmp_path / "MARKER"
+    marker, log = tmp_path / "MARKER", tmp_path / "runs.jsonl"
     for path in (tmp_path, tmp_path / "missing"):
-        res = subprocess.run([*launcher_argv("run", path), *touch_cmd(marker)], env=environ(),
+        res = subprocess.run([*launcher_argv("run", path), *touch_cmd(marker)],
+                             env=environ(ENVBUILD_RUNLOG=str(log)),
                              capture_output=True, text=True, timeout=120)
         assert res.returncode == 125, res.stderr
         assert str(path) in res.stderr
     assert not marker.exists()
+    # still launches: each recorded, with why, and no CMD pid
+    recs = records(log)
+    assert [(r["exit_code"], r["pid"], r["manifest_digest"], r["verify"]["ok"])
+            for r in recs] == [(125, None, None, False)] * 2
+    assert all(str(tmp_path) in r["verify"]["differences"][0]["found"] for r in recs)
+
+
+@pytest.mark.parametrize("kind", LAUNCHERS)
+def test_no_command_is_refused_and_recorded(kind: str, env: Path, tmp_path: Path) -> None:
+    log = tmp_path / "runs.jsonl"
+    res = subprocess.run(launcher_argv(kind, env), env=environ(ENVBUILD_RUNLOG=str(log)),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 125, res.stderr
+    assert "command" in res.stderr
+    [rec] = records(log)
+    assert (rec["exit_code"], rec["argv"], rec["pid"]) == (125, [], None)
+
+
+@pytest.mark.parametrize("kind", LAUNCHERS)
+@pytest.mark.parametrize("expect", ["sha256:zz", "sha256:" + "A" * 64, "md5:" + "0" * 32])
+def test_malformed_expect_is_refused(kind: str, env: Path, tmp_path: Path,
+                                     expect: str) -> None:
+    marker = tmp_path / "MARKER"
+    res = subprocess.run([*launcher_argv(kind, env, "--expect", expect), *touch_cmd(marker)],
+                         env=environ(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 125, res.stderr
+    assert "--expect" in res.stderr and expect in res.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", LAUNCHERS)
+def test_inherited_ignored_sigchld_does_not_hang(kind: str, env: Path) -> None:
+    """A parent that ignores SIGCHLD passes that on through exec; the launcher must still
+    see CMD end, and CMD must get the disposition it would have got without the launcher
+    (`run` passes it on; the guard's /bin/sh may reset it, as it would for any script)."""
+    cmd = [str(env / "bin" / "python"), "-c", "import signal, sys; sys.exit(5 if "
+           "signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN else 6)"]
+
+    def ignoring(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, env=environ(), capture_output=True, text=True, timeout=60,
+                              preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+
+    without = ignoring(["sh", "-c", 'exec "$@"', "sh", *cmd] if kind == "guard" else cmd)
+    assert without.returncode in (5, 6), without.stderr
+    res = ignoring([*launcher_argv(kind, env), *cmd])
+    assert res.returncode == without.returncode, res.stderr
 
 
 # ---- the environment contract ------------------------------------------------------------
@@ -429,6 +476,28 @@ def test_unwritable_log_warns_and_runs(kind: str, where: str, env: Path,
     assert "warning" in res.stderr and log in res.stderr
 
 
+@pytest.mark.parametrize("kind", LAUNCHERS)
+def test_default_log_is_in_the_env_store_then_the_user_store(kind: str, built: Built,
+                                                             env: Path, tmp_path: Path) -> None:
+    """No $ENVBUILD_RUNLOG or $ENVBUILD_STORE: an env in a store records into that store's
+    `runs/<host>.jsonl`; an env elsewhere (a copy) into the per-user store."""
+    host = socket.gethostname()
+    user_cache = tmp_path / "cache"
+    plain = environ(ENVBUILD_STORE=None, XDG_CACHE_HOME=str(user_cache))
+    store_log = built.store / "runs" / f"{host}.jsonl"
+    before = store_log.read_text().count("\n") if store_log.exists() else 0
+    tag = f"store-{kind}-{tmp_path.name}"
+    res = launch(kind, built.env, "true", tag, env_vars=plain)
+    assert res.returncode == 0, res.stderr
+    mine = [r for r in records(store_log)[before:] if r["argv"] == ["true", tag]]
+    assert len(mine) == 1
+
+    res = launch(kind, env, "true", "copy", env_vars=plain)
+    assert res.returncode == 0, res.stderr
+    [rec] = records(user_cache / "envbuild" / "runs" / f"{host}.jsonl")
+    assert rec["argv"] == ["true", "copy"]
+
+
 # ---- signals -------------------------------------------------------------------------------
 
 
@@ -477,6 +546,7 @@ def test_signal_to_launcher_reaches_cmd_once(kind: str, sig: signal.Signals, env
     assert marker.read_text().splitlines() == [str(int(sig))]
     [rec] = records(log)
     assert (rec["exit_code"], rec["signal"], rec["pid"]) == (3, None, child)
+    assert rec["forwarded"] == [sig.name], "the signal passed on is recorded"
 
 
 @pytest.mark.parametrize("kind", LAUNCHERS)

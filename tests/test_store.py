@@ -127,11 +127,23 @@ def _link_record(lock: Path, owner: dict[str, object]) -> None:
 # ---- mutual exclusion -----------------------------------------------------------------
 
 
-def test_contending_processes_exclude_each_other(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dead_holder_first", [False, True],
+                         ids=["free-lock", "dead-holder-taken-over-by-all-at-once"])
+def test_contending_processes_exclude_each_other(tmp_path: Path,
+                                                 dead_holder_first: bool) -> None:
+    """With a dead holder's record in place when they start, every worker judges it dead at
+    once and moves it aside: one that moves a lock another has just taken must put it back."""
     lock, shared, log, go = (tmp_path / "x.lock", tmp_path / "counter", tmp_path / "log",
                              tmp_path / "go")
     shared.write_text("0")
-    rounds, workers = 25, 3
+    rounds, workers = (25, 3) if not dead_holder_first else (10, 6)
+    if dead_holder_first:
+        owner_proc = _python(OWNER)
+        with _reaped(owner_proc):
+            record = json.loads(owner_proc.stdout.readline())  # type: ignore[union-attr]
+            os.kill(owner_proc.pid, signal.SIGKILL)
+            owner_proc.wait()
+        _link_record(lock, record)
     procs = [_python(WORKER, lock, shared, log, go, rounds, stdin=subprocess.DEVNULL)
              for _ in range(workers)]
     with _reaped(*procs):

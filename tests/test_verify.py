@@ -292,6 +292,32 @@ def test_world_writable_site_packages(built: Built, tmp_path: Path) -> None:
     assert_listed_once(env, "full", lines)
 
 
+@pytest.mark.parametrize("rel", [
+    "lib/envbuild-launch/envbuild/verify.py",      # the code the guard imports to check
+    "lib/envbuild-launch/envbuild",
+    "bin/envbuild-guard",
+    "pyvenv.cfg",                                  # read when the interpreter starts
+    "lib",
+])
+def test_writable_launch_code_is_caught_at_quick(built: Built, tmp_path: Path,
+                                                 rel: str) -> None:
+    """Whoever can write what runs before the check could make it say anything: these
+    are refused at the launch level, by `run` and by the guard."""
+    env = tampered_copy(built, tmp_path)
+    freeze(env)
+    mode = stat.S_IMODE((env / rel).stat().st_mode) | 0o002
+    (env / rel).chmod(mode)
+
+    lines = assert_differences(env, "quick", [("permissions", rel, ANY, Has(f"{mode:04o}"))])
+    assert_run_refused(env, tmp_path, lines)
+    marker = tmp_path / "GUARD-MARKER"
+    res = subprocess.run([env / "bin" / "envbuild-guard", "--", "touch", marker],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 125 and not marker.exists(), res.stderr
+    assert lines[0] in res.stderr
+    assert_listed_once(env, "full", lines)
+
+
 def test_interpreter_swapped(built: Built, tmp_path: Path) -> None:
     env = tampered_copy(built, tmp_path)
     swap_interpreter(env)
@@ -420,6 +446,25 @@ def test_files_sidecar_edited_to_match_a_change(built: Built, tmp_path: Path) ->
     for level in ("files", "full"):
         lines = assert_differences(env, level, [("manifest", FILES, ANY, sha256_of(env / FILES))],
                                    exact=False)
+    assert_run_refused(env, tmp_path, lines, "--level", "files")
+
+
+def test_garbled_files_sidecar_bound_by_a_rewritten_manifest(built: Built,
+                                                             tmp_path: Path) -> None:
+    """Without --expect, a manifest rewritten to bind a garbled sidecar is a difference,
+    never a crash (which `run` would turn into a status CMD could have returned)."""
+    env = tampered_copy(built, tmp_path)
+    garbled = b"not a files sidecar\n"
+    manifest = json.loads((env / MANIFEST).read_bytes())
+    manifest["tree_digest"] = "sha256:" + hashlib.sha256(garbled).hexdigest()
+    rewrite(env / FILES, garbled)
+    rewrite(env / MANIFEST, canonical(manifest))
+    freeze(env)
+
+    assert cli("verify", env).exit_code == 0, "quick does not read the files sidecar"
+    for level in ("files", "full"):
+        lines = assert_differences(env, level, [("manifest", FILES, "envbuild.files/1",
+                                                 Has("unreadable"))])
     assert_run_refused(env, tmp_path, lines, "--level", "files")
 
 
