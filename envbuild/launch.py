@@ -14,6 +14,10 @@ from .errors import NotAnEnvError
 from .runlog import record
 from .verify import LEVELS, MANIFEST, Difference, Report, verify
 
+TYPE_CHECKING = False   # not typing's: importing typing costs the launch path `re`
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 REFUSED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
 _FORWARDED = (2, 3, 15)      # SIGINT, SIGQUIT, SIGTERM
 _SIGCHLD = 17 if sys.platform.startswith("linux") else 20
@@ -187,13 +191,32 @@ def _die_with(parent: int) -> None:
     """In CMD before exec: be killed when the launcher dies (it can be SIGKILLed, and CMD
     is outside the process group such a kill was aimed at)."""
     try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-    except (ImportError, OSError, AttributeError):
+        _prctl()(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    except (ImportError, OSError, AttributeError, TypeError):
         return
     if os.getppid() != parent:  # the launcher died before prctl took effect
         os._exit(REFUSED)
+
+
+def _prctl() -> Callable[..., object]:
+    """libc's prctl through `_ctypes` alone: the `ctypes` package costs ~3 ms to import,
+    paid on every launch before CMD starts; `ctypes` where `_ctypes` differs."""
+    try:
+        import _ctypes
+
+        class Int(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "i"
+
+        class Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL
+            _restype_ = Int
+
+        return Function(_ctypes.dlsym(_ctypes.dlopen(None, 0),  # type: ignore[arg-type]
+                                      "prctl"))
+    except (ImportError, AttributeError, TypeError):
+        import ctypes
+
+        return ctypes.CDLL(None).prctl
 
 
 def _exit_code(status: int) -> tuple[int, int | None]:

@@ -5,8 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 recipe=${1:-recipes/webclient.toml}
 
+# Debian's python3 needs python3-venv for `python3 -m venv`
+if ! python3 -c 'import ensurepip' 2>/dev/null; then
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+fi
+# compat: a plain path in a .pth; the default editable finder imports pathlib and re
+# at every interpreter start (~15 ms on each `envbuild run`)
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e . \
+  --config-settings editable_mode=compat 2>&1 \
   | grep -v "^WARNING: Location" || true
 eb=.venv/bin/envbuild
 

@@ -168,6 +168,42 @@ def test_stale_lock_is_an_error_and_builds_nothing(index: LocalIndex, tmp_path: 
     assert files_under(store / "wheels") == []
 
 
+@pytest.mark.parametrize("first_line,says", [
+    ("# envbuild.lock/2", "newer than this envbuild understands"),
+    ("alpha==2.0", "not an envbuild lock"),
+])
+def test_lock_of_another_format_is_refused(index: LocalIndex, tmp_path: Path,
+                                           first_line: str, says: str) -> None:
+    recipe = write_recipe(tmp_path / "r", index)
+    lock_path = lock(recipe)
+    rest = lock_path.read_text().split("\n", 1)[1]
+    lock_path.write_text(f"{first_line}\n{rest if first_line.startswith('#') else ''}")
+    store = tmp_path / "store"
+    res = envbuild("build", recipe, "--store", store)
+    assert res.returncode == 2, res.stderr
+    assert says in res.stderr and str(lock_path) in res.stderr
+    assert not store.exists()
+
+
+def test_sdist_is_built_into_a_wheel_once_per_store(locked: Path, index: LocalIndex,
+                                                    tmp_path: Path) -> None:
+    """Another recipe that needs the same sdist reuses the wheel built from it."""
+    store = tmp_path / "store"
+    res = envbuild("build", locked, "--store", store)
+    assert res.returncode == 0, res.stderr
+    assert "building a wheel from sdistonly" in res.stderr
+    [wheel] = store.glob("built/*/*.whl")
+    before = wheel.stat()
+    other = write_recipe(tmp_path / "other", index, ["sdistonly", "delta"], name="other")
+    lock(other)
+    res = envbuild("build", other, "--store", store)
+    assert res.returncode == 0, res.stderr
+    assert "building a wheel" not in res.stderr
+    assert list(store.glob("built/*/*.whl")) == [wheel]
+    after = wheel.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
 # ---- a corrupt wheel cache ------------------------------------------------------------
 
 

@@ -570,6 +570,32 @@ def test_signal_to_process_group_reaches_cmd_once(kind: str, env: Path,
     assert marker.read_text().splitlines() == [str(int(signal.SIGTERM))]
 
 
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (reparented, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("kind", LAUNCHERS)
+def test_cmd_dies_with_a_launcher_killed_9(kind: str, env: Path, tmp_path: Path) -> None:
+    """Off a terminal CMD has a process group of its own, so a kill -9 of the launcher (or
+    of its group) would orphan it; PR_SET_PDEATHSIG ends it too."""
+    with signal_child(kind, env, tmp_path, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL, start_new_session=True
+                      ) as (proc, marker, log, child):
+        assert os.getpgid(child) != os.getpgid(proc.pid), "CMD shares the launcher's group"
+        os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while not _gone(child):
+            assert time.monotonic() < deadline, f"CMD {child} outlived its killed launcher"
+            time.sleep(0.05)
+    assert not marker.exists(), "SIGKILL is not forwarded as anything else"
+
+
 def _take_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # stdin, a pty, becomes the controlling terminal
 
