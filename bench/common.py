@@ -38,7 +38,7 @@ def find_tool(name: str) -> str:
     found = shutil.which(name)
     if not found:
         sys.exit(f"bench: {name}: expected beside {sys.executable} or on PATH, found neither; "
-                 "run the bench with the dev venv's python (e.g. /tmp/devvenv/bin/python)")
+                 "run the bench with the python of the venv `bash tests/run` makes (.venv/bin/python)")
     return found
 
 
