@@ -185,6 +185,23 @@ def test_lock_of_another_format_is_refused(index: LocalIndex, tmp_path: Path,
     assert not store.exists()
 
 
+def test_lock_made_for_another_python_is_refused(index: LocalIndex, tmp_path: Path) -> None:
+    """The header names the Python the lock was resolved for; markers and wheels were
+    chosen for it, so another Python's build is refused (the recipe itself is unchanged,
+    so the lock is not stale)."""
+    recipe = write_recipe(tmp_path / "r", index)
+    lock_path = lock(recipe)
+    text = lock_path.read_text()
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert f"# python: {here}" in text
+    lock_path.write_text(text.replace(f"# python: {here}", "# python: 3.99", 1))
+    store = tmp_path / "store"
+    res = envbuild("build", recipe, "--store", store)
+    assert res.returncode == 2, res.stderr
+    assert f"{lock_path}: locked for Python 3.99" in res.stderr and "--python" in res.stderr
+    assert not store.exists()
+
+
 def test_sdist_is_built_into_a_wheel_once_per_store(locked: Path, index: LocalIndex,
                                                     tmp_path: Path) -> None:
     """Another recipe that needs the same sdist reuses the wheel built from it."""
