@@ -31,3 +31,25 @@ def test_launch_path_imports_only_the_stdlib() -> None:
     for heavy in ("json", "re", "hashlib", "subprocess", "signal", "typer", "packaging",
                   "dataclasses", "socket", "datetime"):
         assert heavy not in loaded, heavy
+
+
+def test_launch_modules_parse_as_python_3_9() -> None:
+    """The guard runs the env's own interpreter, which may be as old as 3.9: the modules
+    it carries must not use newer syntax, nor the newer calls that slip past the parser."""
+    import ast
+
+    from envbuild.build import LAUNCH_MODULES
+
+    newer_keywords = {("zip", "strict")}                       # 3.10
+    newer_attributes = {"bit_count", "aiter", "anext"}         # 3.10
+    for name in LAUNCH_MODULES:
+        path = ROOT / "envbuild" / name
+        tree = ast.parse(path.read_text(), str(path), feature_version=(3, 9))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                for kw in node.keywords:
+                    assert (node.func.id, kw.arg) not in newer_keywords, (
+                        f"{name}:{node.lineno}: {node.func.id}({kw.arg}=) needs Python 3.10")
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in newer_attributes, (
+                    f"{name}:{node.lineno}: .{node.attr} needs Python 3.10")
