@@ -153,7 +153,8 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         "environment": recipe.environment.to_json(),
         "launch": {"hook": recipe.launch_hook, "root": recipe.launch_root},
     }
-    seal(tmp, body, interp.site, str(tmp).encode(), scan)
+    seal(tmp, body, interp.site, str(tmp).encode(), scan,
+         stdlib_landmark=os.path.join(interp.stdlib, "os.py"))
     _freeze_dirs(tmp)
 
 
@@ -215,15 +216,20 @@ def _install_launcher(tmp: Path, interp: Interpreter) -> None:
 
 
 def _pylib_check(interp: Interpreter) -> str:
-    """Shell lines refusing (125) when a shared build's libpython is gone: the dynamic
-    loader would otherwise fail the interpreter with its own status (127) before any check."""
-    if not interp.libpython:
-        return ""
-    lib = shlex.quote(interp.libpython["path"])
-    return (f"if [ ! -e {lib} ]; then\n"
-            f"  echo \"envbuild-guard: refused: interpreter: \"{lib}\": expected "
-            f"{interp.libpython['sha256']}, found missing\" >&2\n"
-            f"  exit 125\nfi\n")
+    """Shell lines refusing (125) when what the interpreter needs before it runs any code
+    is gone: a shared build's libpython (the dynamic loader would fail with 127) and the
+    stdlib (Python would stop with a fatal error, 1 or 134), before any check could run."""
+    needed = [(os.path.join(interp.stdlib, "os.py"), "present")]
+    if interp.libpython:
+        needed.append((interp.libpython["path"], interp.libpython["sha256"]))
+    lines = []
+    for path, expected in needed:
+        quoted = shlex.quote(path)
+        lines.append(f"if [ ! -e {quoted} ]; then\n"
+                     f"  echo \"envbuild-guard: refused: interpreter: \"{quoted}\": expected "
+                     f"{expected}, found missing\" >&2\n"
+                     f"  exit 125\nfi\n")
+    return "".join(lines)
 
 
 def _relocate(tmp: Path, interp: Interpreter) -> None:

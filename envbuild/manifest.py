@@ -86,13 +86,16 @@ def list_tree(root: Path, forbidden: bytes) -> TreeListing:
 
 
 def quick_records(site: str, root: Path, interp: dict[str, Any], host: HostNeeds,
-                  environment: dict[str, Any], launch: dict[str, Any]) -> list[tuple[str, ...]]:
+                  environment: dict[str, Any], launch: dict[str, Any],
+                  stdlib_landmark: str | None = None) -> list[tuple[str, ...]]:
     records: list[tuple[str, ...]] = [
         ("python", "bin/python", interp["path"], interp["sha256"], interp["version"]),
         ("site", site),
     ]
     if interp["libpython"]:
         records.append(("pylib", interp["libpython"]["path"], interp["libpython"]["sha256"]))
+    if stdlib_landmark:   # without its stdlib the interpreter cannot even start
+        records.append(("pystdlib", stdlib_landmark))
     for name in sorted(os.listdir(root / site)):
         if name.endswith((".dist-info", ".pth")):
             records.append(("entry", name))
@@ -107,7 +110,7 @@ def quick_records(site: str, root: Path, interp: dict[str, Any], host: HostNeeds
 
 
 def seal(root: Path, body: dict[str, Any], site: str, forbidden: bytes,
-         host_scan: Any) -> str:
+         host_scan: Any, stdlib_landmark: str | None = None) -> str:
     """Write the sidecars and the manifest into `root`; return the manifest's digest.
 
     `body` holds every manifest key but the digests computed here.
@@ -116,7 +119,8 @@ def seal(root: Path, body: dict[str, Any], site: str, forbidden: bytes,
     listing = list_tree(root, forbidden)
     host: HostNeeds = host_scan(root, listing.regular)
     quick = format_quick(quick_records(site, root, body["interpreter"], host,
-                                       body["environment"], body["launch"])).encode("utf-8")
+                                       body["environment"], body["launch"],
+                                       stdlib_landmark)).encode("utf-8")
     manifest = dict(body, tree_digest=sha256_bytes(listing.sidecar), host=host.to_json(),
                     sidecars={"quick": sha256_bytes(quick)})
     data = canonical(manifest)

@@ -206,6 +206,9 @@ def _check_quick(env: str, rec: dict[str, list[list[str]]], trusted_uids: tuple[
         _check_owner_mode(env, rel, trusted, diffs)
     for path, real, digest, version in rec.get("python", []):
         _check_interpreter(env, path, real, digest, version, diffs)
+    for (path,) in rec.get("pystdlib", []):
+        if not os.path.exists(path):
+            diffs.append(Difference("interpreter", path, "present", "missing"))
     for path, digest in rec.get("pylib", []):
         got = interpreter_digest(path)
         if got != digest:

@@ -386,6 +386,26 @@ def test_libpython_swapped(index: LocalIndex, tmp_path: Path) -> None:
     assert lines[0] in res.stderr
 
 
+def test_interpreter_stdlib_gone(index: LocalIndex, tmp_path: Path) -> None:
+    """Without its stdlib an interpreter stops before running any code (a fatal error,
+    status 1): the guard must still refuse with 125 and say why."""
+    python, _ = private_shared_python(tmp_path / "py")
+    recipe = write_recipe(tmp_path / "recipe", index, ["alpha"])
+    assert cli("lock", recipe).exit_code == 0
+    res = envbuild("build", recipe, "--store", tmp_path / "store", "--python", python)
+    assert res.returncode == 0, res.stderr
+    env = Path(res.stdout.strip().splitlines()[-1])
+    stdlib = tmp_path / "py" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    stdlib.unlink()     # the private install's stdlib is a symlink
+    lines = assert_differences(env, "quick", [
+        ("interpreter", str(stdlib / "os.py"), "present", "missing")])
+    marker = tmp_path / "GUARD-MARKER"
+    res = subprocess.run([env / "bin" / "envbuild-guard", "--", "touch", marker],
+                         capture_output=True, text=True)
+    assert res.returncode == 125 and not marker.exists(), res.stderr
+    assert lines[0] in res.stderr
+
+
 # ---- the manifest and its sidecars ---------------------------------------------------------
 
 
