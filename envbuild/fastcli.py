@@ -60,6 +60,9 @@ def verify_main(args: list[str]) -> int:
     except NotAnEnvError as exc:
         sys.stderr.write(f"envbuild: error: {exc}\n")
         return 2
+    except Exception as exc:  # noqa: BLE001 - never exit 1 ("differs") for a failure of ours
+        sys.stderr.write(f"envbuild verify: error: could not verify {env}: {exc!r}\n")
+        return 2
     if as_json:
         import json
 

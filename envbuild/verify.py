@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 from .errors import NotAnEnvError
 from .names import escape, normalize, parse_dist_info, unescape
@@ -468,6 +469,9 @@ class _Hasher:
         os.close(feed)
         workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                       else os.cpu_count() or 1)
+        threading = sys.modules.get("threading")
+        if threading is not None and threading.active_count() > 1:
+            workers = 1   # forking a threaded process can copy a lock another thread held
         self.children = [self._fork() for _ in range(workers - 1 if len(files) > 64 else 0)]
 
     def _fork(self) -> tuple[int, int]:

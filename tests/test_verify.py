@@ -406,6 +406,33 @@ def test_interpreter_stdlib_gone(index: LocalIndex, tmp_path: Path) -> None:
     assert lines[0] in res.stderr
 
 
+FULL_IN_PROCESS = """
+import sys, threading, time
+from envbuild.verify import verify
+if sys.argv[2] == "threaded":
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+sys.exit(0 if verify(sys.argv[1], "full").ok else 1)
+"""
+
+
+@pytest.mark.parametrize("mode,forks", [("plain", True), ("threaded", False)])
+def test_full_verify_forks_only_without_other_threads(built: Built, tmp_path: Path,
+                                                      mode: str, forks: bool) -> None:
+    """Full verify hashes in forked children, unless other threads run: a fork copies
+    locks that those threads may hold (OpenSSL's among them) into a child that would wait
+    on them forever. Processes created are seen with strace (forks are clones without
+    CLONE_THREAD)."""
+    trace = tmp_path / "trace"
+    res = subprocess.run(["strace", "-f", "-qq", "-e", "trace=clone,clone3,fork,vfork",
+                          "-o", trace, sys.executable, "-c", FULL_IN_PROCESS, built.env, mode],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    calls = [ln for ln in trace.read_text().splitlines()
+             if "clone" in ln or "fork" in ln]
+    processes = [ln for ln in calls if "CLONE_THREAD" not in ln and "= " in ln]
+    assert bool(processes) == forks, calls
+
+
 # ---- the manifest and its sidecars ---------------------------------------------------------
 
 
