@@ -8,13 +8,14 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-from .errors import BuildError, CacheIntegrityError
+from .errors import BuildError, CacheIntegrityError, ToolError
 from .fsutil import publish_dir, remove_tree
 from .interpreter import Interpreter
 from .lock import LockEntry
@@ -26,6 +27,10 @@ from .verify import file_digest
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
+
+# pip's words for a connection that failed, as opposed to an answer it did not like
+_NETWORK_TROUBLE = ("ConnectionError", "ReadTimeoutError", "Max retries exceeded",
+                    "IncompleteRead", "Connection reset", "ProtocolError")
 
 @dataclass(frozen=True)
 class Artifact:
@@ -110,10 +115,19 @@ class WheelCache:
             reqs.write_text("".join(
                 f"{e.name}=={e.version} " + " ".join(f"--hash={h}" for h in e.hashes) + "\n"
                 for e in entries))
-            run_tool(self._pip("download", "--no-deps", "--require-hashes", "--progress-bar",
-                               "off", "--dest", str(tmp / "files"), "-r", str(reqs),
-                               *self._index_args()),
-                     env=hermetic_env())
+            argv = self._pip("download", "--no-deps", "--require-hashes", "--progress-bar",
+                             "off", "--dest", str(tmp / "files"), "-r", str(reqs),
+                             *self._index_args())
+            try:
+                run_tool(argv, env=hermetic_env())
+            except ToolError as exc:
+                if not any(sign in exc.output for sign in _NETWORK_TROUBLE):
+                    raise
+                # pip retries each request; a connection that broke mid-transfer is worth
+                # one more pass (what did arrive is kept in --dest and not fetched again)
+                self.progress("the index connection failed; trying the download once more")
+                time.sleep(2)
+                run_tool(argv, env=hermetic_env())
             by_hash = {h: e for e in entries for h in e.hashes}
             got: dict[str, tuple[Path, str]] = {}
             for path in sorted((tmp / "files").iterdir()):

@@ -221,6 +221,67 @@ def test_sdist_is_built_into_a_wheel_once_per_store(locked: Path, index: LocalIn
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
+class _FlakyIndex:
+    """The local index over HTTP on 127.0.0.1, dropping the first `drops` connections that
+    ask for a file (closed without an answer, as a proxy that resets does)."""
+
+    def __init__(self, root: Path) -> None:
+        import http.server
+        import threading
+
+        owner = self
+        self.drops = 0
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/files/") and owner.drops > 0:
+                    owner.drops -= 1
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                super().do_GET()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_download_survives_a_connection_that_keeps_failing(index: LocalIndex,
+                                                           tmp_path: Path) -> None:
+    """pip retries each request 5 times; a build whose download still fails on connection
+    errors tries the whole download once more (keeping what arrived) before giving up."""
+    flaky = _FlakyIndex(index.root)
+    try:
+        recipe = write_recipe(tmp_path / "r", index, ["alpha", "delta"])
+        recipe.write_text(recipe.read_text().replace(index.simple_url, flaky.url))
+        lock(recipe)
+        flaky.drops = 6          # more than pip's own retries of one request
+        res = envbuild("build", recipe, "--store", tmp_path / "store")
+        assert res.returncode == 0, res.stderr
+        assert "trying the download once more" in res.stderr
+        assert flaky.drops == 0
+        verify_full(res.stdout.strip().splitlines()[-1])
+
+        flaky.drops = 1000       # an index that never answers: the build fails, exit 1
+        res = envbuild("build", recipe, "--store", tmp_path / "store2")
+        assert res.returncode == 1, res.stderr
+        assert "ConnectionError" in res.stderr or "Max retries" in res.stderr
+        assert env_dirs(tmp_path / "store2") == []
+    finally:
+        flaky.close()
+
+
 # ---- a corrupt wheel cache ------------------------------------------------------------
 
 
