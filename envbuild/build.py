@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .bytecode import compile_env
-from .errors import InputError
+from .errors import CacheIntegrityError, InputError
 from .fsutil import publish_dir, remove_tree
 from .hostreq import scan
 from .interpreter import Interpreter, probe
@@ -75,9 +75,11 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
     lock = read_lock(recipe)
     interp = probe(python)
     _check_interpreter(recipe, lock, interp)
-    store = Store.locate(store_dir)
-    with store.forgotten_on_bad_input():
-        return _build_in(store, recipe, lock, interp, offline, progress)
+    if offline and not (Store.path_for(store_dir) / "wheels").is_dir():
+        # refused before the store is created: bad input changes nothing on disk
+        raise CacheIntegrityError(f"--offline: the store {Store.path_for(store_dir)} has no "
+                                  "wheel cache yet; build once without --offline to fill it")
+    return _build_in(Store.locate(store_dir), recipe, lock, interp, offline, progress)
 
 
 def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, offline: bool,

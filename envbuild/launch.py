@@ -71,9 +71,9 @@ def launch(env: str, argv: list[str], level: str = "quick", expect: str | None =
            trusted_uids: tuple[int, ...] = (), prog: str = "envbuild run") -> int:
     """Verify, apply the contract, run argv, record the run; return the exit status."""
     started = time.time()
-    if not argv:
-        return _refuse_unverified(env, level, argv, started, prog, Difference(
-            "command", "CMD", "a command (usage: ... [--] CMD ARGS...)", "none"))
+    if not argv:   # a command line to fix, not a launch: nothing to record
+        _say(prog, "refused: no command given (usage: ... [--] CMD ARGS...)")
+        return REFUSED
     try:
         report = verify(env, level=level, expect=expect, trusted_uids=trusted_uids)
     except NotAnEnvError as exc:
@@ -104,7 +104,7 @@ def launch(env: str, argv: list[str], level: str = "quick", expect: str | None =
 def _refuse_unverified(env: str, level: str, argv: list[str], started: float, prog: str,
                        why: Difference) -> int:
     """Refuse before any verification could run; still a launch, so still recorded."""
-    _say(prog, f"refused: {why.found if why.kind == 'manifest' else why.line()}")
+    _say(prog, f"refused: {why.found}")
     report = Report(os.path.abspath(env), level, None, [why], {})
     record(report, argv, started, REFUSED, None, None, dict(os.environ))
     return REFUSED
@@ -141,26 +141,31 @@ def _spawn(exe: str, argv: list[str], child_env: dict[str, str]
     own_group = not _at_terminal()
     parent = os.getpid()
     forwarded: list[int] = []
-    # an inherited SIG_IGN for SIGCHLD would reap CMD unseen and wait forever
-    chld = _signal.signal(_SIGCHLD, _signal.SIG_DFL)
-    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, watched)
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            if own_group:
-                os.setpgid(0, 0)
-                _die_with(parent)
-            _signal.signal(_SIGCHLD, chld)   # CMD inherits what we did
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
-            os.execve(exe, argv, child_env)
-        finally:
-            os._exit(NOT_EXECUTABLE)
-    if own_group:
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass  # the child did it first, or has already exec'd
+    # an inherited SIG_IGN for SIGCHLD would reap CMD unseen and wait forever; None: not
+    # the main thread, or a handler set from C, which cannot be put back (left as it is)
     try:
+        chld = _signal.signal(_SIGCHLD, _signal.SIG_DFL)
+    except ValueError:
+        chld = None
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, watched)
+    try:
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                if own_group:
+                    os.setpgid(0, 0)
+                    _die_with(parent)
+                if chld is not None:
+                    _signal.signal(_SIGCHLD, chld)   # CMD inherits what we did
+                _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+                os.execve(exe, argv, child_env)
+            finally:
+                os._exit(NOT_EXECUTABLE)
+        if own_group:
+            try:
+                os.setpgid(pid, pid)
+            except OSError:
+                pass  # the child did it first, or has already exec'd
         while True:
             info = _signal.sigwaitinfo(watched)
             if info.si_signo == _SIGCHLD:
@@ -175,7 +180,8 @@ def _spawn(exe: str, argv: list[str], child_env: dict[str, str]
                     pass
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
-        _signal.signal(_SIGCHLD, chld)
+        if chld is not None:
+            _signal.signal(_SIGCHLD, chld)
 
 
 def _at_terminal() -> bool:

@@ -67,7 +67,7 @@ def list_tree(root: Path, forbidden: bytes) -> TreeListing:
         if "\n" in rel or "\t" in rel:
             raise BuildError(f"{rel!r}: file names with tabs or newlines are not supported")
         if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(root / rel).encode()
+            target = os.fsencode(os.readlink(root / rel))
             if forbidden in target:
                 leaks.append(rel)
             lines.append(files_line("l", 0, len(target), hashlib.sha256(target).hexdigest(),

@@ -23,8 +23,10 @@ def runlog_path(env: str | None = None) -> str:
     if not store and env:
         parent = os.path.dirname(os.path.abspath(env))      # <store>/envs/<name>-<key>
         own = os.path.dirname(parent)
-        if os.path.basename(parent) == "envs" and os.access(os.path.join(own, "runs"),
-                                                             os.W_OK):
+        # a store by its layout (`X/envs` beside `X/runs` alone is a common project layout)
+        if (os.path.basename(parent) == "envs" and os.path.isdir(os.path.join(own, "wheels"))
+                and os.path.isdir(os.path.join(own, "locks"))
+                and os.access(os.path.join(own, "runs"), os.W_OK)):
             store = own
     if not store:
         store = os.path.join(

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
 REFRESH_SECONDS = 10.0
+TAKEOVER_STALE_SECONDS = 10.0   # moving a dead lock aside takes milliseconds
 
 
 _SUBDIRS = ("wheels", "built", "pycs", "envs", "locks", "runs", "tmp")
@@ -36,10 +37,10 @@ _SUBDIRS = ("wheels", "built", "pycs", "envs", "locks", "runs", "tmp")
 @dataclass(frozen=True)
 class Store:
     root: Path
-    created: bool = False      # by this process, just now
 
-    @classmethod
-    def locate(cls, explicit: Path | None = None) -> Store:
+    @staticmethod
+    def path_for(explicit: Path | None = None) -> Path:
+        """Where the store is: `explicit`, else $ENVBUILD_STORE, else the user cache dir."""
         if explicit is None:
             env = os.environ.get("ENVBUILD_STORE")
             if env:
@@ -48,30 +49,22 @@ class Store:
                 import platformdirs
 
                 explicit = Path(platformdirs.user_cache_dir("envbuild"))
-        root = explicit.expanduser().absolute()
+        return explicit.expanduser().absolute()
+
+    @classmethod
+    def locate(cls, explicit: Path | None = None) -> Store:
+        """The store, created if need be."""
+        root = cls.path_for(explicit)
         if root.exists() and not root.is_dir():
             raise InputError(f"store: {root} is not a directory; pass --store DIR (or set "
                              "ENVBUILD_STORE) naming a directory, new or existing")
-        created = not root.exists()
         try:
             for sub in _SUBDIRS:
                 (root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"store: cannot create {root}: {exc.strerror}; pass --store "
                              "DIR naming a directory you can write") from None
-        return cls(root, created)
-
-    @contextmanager
-    def forgotten_on_bad_input(self) -> Iterator[None]:
-        """Bad input changes nothing on disk: a store this command created is removed."""
-        try:
-            yield
-        except InputError:
-            if self.created:   # only what is still empty: another build may have begun
-                for sub in (*_SUBDIRS, ""):
-                    with suppress(OSError):
-                        (self.root / sub).rmdir()
-            raise
+        return cls(root)
 
     @property
     def envs(self) -> Path:
@@ -140,26 +133,31 @@ def _dead_holder(path: Path) -> str | None:
     return token if time.time() - st.st_mtime > LEASE_SECONDS else None
 
 
-def _take_over(path: Path, dead: str, stale: Path) -> None:
-    """Move a dead holder's lock aside. Between judging it dead and the rename, another
-    waiter may have done the same and taken the lock: a live lock moved by mistake is put
-    back."""
+def _take_over(path: Path, dead: str, record: Path, token: str) -> None:
+    """Move a dead holder's lock aside, one waiter at a time. Under `<lock>.takeover` (a
+    link of the waiter's own `record`) the holder is judged again, so a lock that another
+    waiter has taken meanwhile is never moved. A takeover lock older than
+    TAKEOVER_STALE_SECONDS belonged to a waiter that died taking over, and is removed."""
+    guard = path.with_name(f"{path.name}.takeover")
     try:
-        os.rename(path, stale)
-    except FileNotFoundError:
+        os.link(record, guard)
+    except FileExistsError:
+        try:
+            if time.time() - guard.stat().st_mtime > TAKEOVER_STALE_SECONDS:
+                guard.unlink()
+        except OSError:
+            pass
         return
     try:
-        moved = str(json.loads(stale.read_text()).get("token", ""))
-    except (OSError, ValueError):
-        moved = dead
-    if moved == dead:
-        log.warning("took over lock %s from a builder that is gone", path)
-    else:
-        try:
-            os.link(stale, path)
-        except FileExistsError:
-            log.warning("lock %s: a live holder's lock was displaced", path)
-    stale.unlink(missing_ok=True)
+        if _dead_holder(path) == dead:
+            stale = path.with_name(f"{path.name}.stale.{token}")
+            os.rename(path, stale)
+            log.warning("took over lock %s from a builder that is gone", path)
+            stale.unlink()
+    except FileNotFoundError:
+        pass
+    finally:
+        guard.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -180,7 +178,7 @@ def exclusive(path: Path, poll: float = 0.1,
             except FileExistsError:
                 dead = _dead_holder(path)
                 if dead is not None:
-                    _take_over(path, dead, path.with_name(f"{path.name}.stale.{owner['token']}"))
+                    _take_over(path, dead, tmp, str(owner["token"]))
                     continue
                 if on_wait is not None:
                     on_wait()

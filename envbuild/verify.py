@@ -37,6 +37,7 @@ LEVELS = ("quick", "files", "full")
 LAUNCH_DIR = "lib/envbuild-launch"          # the guard's sys.path entry
 LAUNCH_PKG = LAUNCH_DIR + "/envbuild"
 _WRITABLE = stat.S_IWGRP | stat.S_IWOTH
+_SIGCHLD = 17 if sys.platform.startswith("linux") else 20
 
 
 class Difference:
@@ -214,6 +215,12 @@ def _check_quick(env: str, rec: dict[str, list[list[str]]], trusted_uids: tuple[
         got = interpreter_digest(path)
         if got != digest:
             diffs.append(Difference("interpreter", path, digest, got or "missing"))
+        # run by that interpreter (the guard, the hook): is that the libpython it loaded?
+        # LD_LIBRARY_PATH can point the loader at another one, and CMD inherits it
+        if any(os.path.realpath(sys.executable) == fields[1] for fields in rec["python"]):
+            loaded = _loaded_libpython()
+            if loaded is not None and loaded != path:
+                diffs.append(Difference("interpreter", "libpython (as loaded)", path, loaded))
     if environ is not None:
         for (name,) in rec.get("require", []):
             if name not in environ:
@@ -269,6 +276,19 @@ def _check_interpreter(env: str, link: str, real: str, digest: str, version: str
         diffs.append(Difference("interpreter", link, f"{real} (Python {version})", "missing"))
     elif got != digest:
         diffs.append(Difference("interpreter", real, digest, got))
+
+
+def _loaded_libpython() -> str | None:
+    """The libpython this process mapped, from /proc/self/maps; None if none or unknown."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and "/libpython" in fields[5]:
+                    return fields[5].rstrip("\n")
+    except OSError:
+        pass
+    return None
 
 
 def cache_dir() -> str:
@@ -403,9 +423,30 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
     # the content is hashed by other processes while this one walks the tree and compares
     hasher = _Hasher(env, [(rel, size) for rel, (kind, _, size, _) in sorted(recorded.items())
                            if kind == "f"]) if content else None
-    found = walk(env, diffs)
-    trusted = _trusted(env, trusted_uids)
-    intact: list[str] = []     # regular files as recorded but for their content
+    try:
+        found = walk(env, diffs)
+        intact = _compare_tree(env, recorded, found, _trusted(env, trusted_uids), diffs)
+        if hasher is None:
+            return
+        hashes = hasher.results()
+    finally:
+        if hasher is not None:
+            hasher.close(kill=True)   # on an error: no child outlives the check
+    for rel in intact:
+        want, got = recorded[rel][3], hashes[rel]
+        if got.startswith("!"):
+            diffs.append(Difference("modified", rel, f"sha256:{want}",
+                                    f"unreadable ({got[1:]})"))
+        elif got != want:
+            diffs.append(Difference("modified", rel, f"sha256:{want}", f"sha256:{got}"))
+
+
+def _compare_tree(env: str, recorded: dict[str, tuple[str, int, int, str]],
+                  found: dict[str, os.stat_result], trusted: set[int],
+                  diffs: list[Difference]) -> list[str]:
+    """Every path as the files sidecar records it; the regular files that match in all but
+    their content, which only the full level reads."""
+    intact: list[str] = []
     for rel, (kind, mode, size, digest) in sorted(recorded.items()):
         st = found.get(rel)
         if st is None:
@@ -413,11 +454,15 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
         elif kind == "l":
             if not stat.S_ISLNK(st.st_mode):
                 diffs.append(Difference("modified", rel, "a symlink", "not a symlink"))
-            else:
+                continue
+            try:
                 target = os.readlink(os.path.join(env, rel))
-                if sha256(target.encode()).hexdigest() != digest:
-                    diffs.append(Difference("modified", rel, "the recorded link target",
-                                            f"a link to {target}"))
+            except OSError as exc:   # replaced since the walk
+                diffs.append(Difference("modified", rel, "a symlink", exc.strerror or "gone"))
+                continue
+            if sha256(os.fsencode(target)).hexdigest() != digest:
+                diffs.append(Difference("modified", rel, "the recorded link target",
+                                        f"a link to {target}"))
         elif not stat.S_ISREG(st.st_mode):
             diffs.append(Difference("modified", rel, "a regular file", "another kind of file"))
         elif st.st_size != size:
@@ -432,15 +477,7 @@ def _check_files(env: str, manifest: bytes, content: bool, trusted_uids: tuple[i
         if rel not in recorded and not stat.S_ISDIR(st.st_mode):
             diffs.append(Difference("added", rel, "absent", "present"))
         _owner_mode_diff(rel, st, trusted, diffs)
-    if hasher is not None:
-        hashes = hasher.results()
-        for rel in intact:
-            want, got = recorded[rel][3], hashes[rel]
-            if got.startswith("!"):
-                diffs.append(Difference("modified", rel, f"sha256:{want}",
-                                        f"unreadable ({got[1:]})"))
-            elif got != want:
-                diffs.append(Difference("modified", rel, f"sha256:{want}", f"sha256:{got}"))
+    return intact
 
 
 class _Hasher:
@@ -449,41 +486,59 @@ class _Hasher:
     OpenSSL's sha256 is fast; what costs is Python's per-file work (open, read, close), which
     threads would serialize on the GIL. So the work is split across forked processes: chunks
     of the file list are claimed from a pipe (a read of 4 bytes is atomic), so a busy process
-    takes fewer; each child sends back `index digest` lines when its queue runs dry. The
-    caller claims chunks too, once it is done with its own work, in `results()`. A child that
-    fails leaves its files to the caller.
+    takes fewer; each child sends back `index digest` lines and an `end` line when its queue
+    runs dry. The caller claims chunks too, once it is done with its own work, in `results()`.
+    Whatever a child did not report whole (it failed, was killed, could not be forked) the
+    caller hashes itself. Use as a context manager: leaving it reaps every child.
     """
 
     def __init__(self, env: str, files: list[tuple[str, int]]) -> None:
         self.env, self.files = env, files
         self.chunk = max(8, len(files) // 512)
+        self.children: list[tuple[int, int]] = []
+        self.queue = -1
+        self._sigchld: object = None
         starts = range(0, len(files), self.chunk)
+        if len(files) <= 64 or len(starts) * 4 > 65536:
+            return   # too few to be worth a process, or more claims than a pipe holds
         self.queue, feed = os.pipe()
-        if len(starts) * 4 > 65536:   # more than a pipe holds: no queue, the caller hashes all
-            os.close(feed)
-            os.close(self.queue)
-            self.queue = -1
-            self.children: list[tuple[int, int]] = []
-            return
         os.write(feed, b"".join(i.to_bytes(4, "little") for i in starts))
         os.close(feed)
-        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1)
+        for _ in range(self._workers() - 1):
+            try:
+                self.children.append(self._fork())
+            except OSError:
+                break   # no more processes (a pid limit): the caller hashes what is left
+
+    def _workers(self) -> int:
         threading = sys.modules.get("threading")
         if threading is not None and threading.active_count() > 1:
-            workers = 1   # forking a threaded process can copy a lock another thread held
-        self.children = [self._fork() for _ in range(workers - 1 if len(files) > 64 else 0)]
+            return 1   # forking a threaded process can copy a lock another thread held
+        import _signal  # type: ignore[import-not-found,unused-ignore]
+
+        try:   # an inherited SIG_IGN would have the kernel reap the children unseen
+            if _signal.getsignal(_SIGCHLD) == _signal.SIG_IGN:
+                self._sigchld = _signal.signal(_SIGCHLD, _signal.SIG_DFL)
+        except ValueError:
+            return 1   # not the main thread
+        return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
 
     def _fork(self) -> tuple[int, int]:
         rfd, wfd = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            raise
         if pid == 0:   # the child: hash, report, leave without running any cleanup
             status = 1
             try:
                 os.close(rfd)
                 lines = "".join(f"{i} {d}\n" for i, d in self._drain())
                 with open(wfd, "w", encoding="utf-8") as out:
-                    out.write(lines)
+                    out.write(lines + "end\n")
                 status = 0
             finally:
                 os._exit(status)
@@ -501,19 +556,52 @@ class _Hasher:
 
     def results(self) -> dict[str, str]:
         """{relpath: sha256 hex, or '!' and why it could not be read}."""
-        done: dict[int, str] = dict(self._drain()) if self.queue >= 0 else {}
-        for pid, rfd in self.children:
-            with open(rfd, encoding="utf-8") as fh:
-                text = fh.read()
-            _, status = os.waitpid(pid, 0)
-            if status == 0:
-                for line in text.splitlines():
+        done: dict[int, str] = dict(self._drain())
+        for _pid, rfd in self.children:
+            with open(rfd, encoding="utf-8", closefd=False) as fh:
+                lines = fh.read().split("\n")
+            if lines[-2:] == ["end", ""]:   # reported whole
+                for line in lines[:-2]:
                     index, _, digest = line.partition(" ")
                     done[int(index)] = digest
-        if self.queue >= 0:
-            os.close(self.queue)
+        self.close()
         return {rel: done[i] if i in done else _hash_one(self.env, rel, size)
                 for i, (rel, size) in enumerate(self.files)}
+
+    def close(self, kill: bool = False) -> None:
+        """Reap every child (killed first with `kill`) and close every pipe."""
+        for pid, rfd in self.children:
+            if kill:
+                with _suppress_oserror():
+                    os.kill(pid, 9)
+            os.close(rfd)
+            with _suppress_oserror():
+                os.waitpid(pid, 0)
+        self.children = []
+        if self.queue >= 0:
+            os.close(self.queue)
+            self.queue = -1
+        if self._sigchld is not None:
+            import _signal  # type: ignore[import-not-found,unused-ignore]
+
+            _signal.signal(_SIGCHLD, self._sigchld)
+            self._sigchld = None
+
+    def __enter__(self) -> _Hasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(kill=True)
+
+
+class _suppress_oserror:
+    """contextlib.suppress(OSError) without importing contextlib on the launch path."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
+        return kind is not None and issubclass(kind, OSError)
 
 
 def _hash_one(env: str, rel: str, size: int) -> str:

@@ -232,6 +232,27 @@ def test_record_of_a_dead_pid_on_this_host_is_taken_over(tmp_path: Path) -> None
     assert not lock.exists()
 
 
+def test_takeover_lock_left_by_a_waiter_that_died_is_cleared(tmp_path: Path) -> None:
+    """A waiter killed -9 while moving a dead holder's lock aside leaves `<lock>.takeover`;
+    once that is old, the next waiter clears it and takes the lock over."""
+    lock = tmp_path / "x.lock"
+    owner_proc = _python(OWNER)
+    with _reaped(owner_proc):
+        record = json.loads(owner_proc.stdout.readline())  # type: ignore[union-attr]
+        os.kill(owner_proc.pid, signal.SIGKILL)
+        owner_proc.wait()
+    _link_record(lock, record)
+    guard = tmp_path / "x.lock.takeover"
+    guard.write_text(json.dumps(record))
+    old = time.time() - store_mod.TAKEOVER_STALE_SECONDS - 5
+    os.utime(guard, (old, old))
+    waiter = _python(HOLDER, lock, tmp_path / "second")
+    with _reaped(waiter):
+        _until("the waiter to take over", (tmp_path / "second").exists)
+        assert _finish(waiter)[0] == 0
+    assert not lock.exists() and not guard.exists()
+
+
 def test_record_of_a_live_process_is_waited_for_until_it_dies(tmp_path: Path) -> None:
     lock = tmp_path / "x.lock"
     owner_proc = _python(OWNER)

@@ -363,6 +363,19 @@ def test_libpython_swapped(index: LocalIndex, tmp_path: Path) -> None:
     assert recorded == {"path": str(libpython), "sha256": sha256_of(libpython)}
     assert cli("verify", env).exit_code == 0
 
+    # the same bytes elsewhere, put first by LD_LIBRARY_PATH: the guard's interpreter sees
+    # which one it loaded (CMD would inherit the variable and load it too)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy2(libpython, elsewhere / libpython.name)
+    marker = tmp_path / "GUARD-MARKER"
+    res = subprocess.run([env / "bin" / "envbuild-guard", "--", "touch", marker],
+                         capture_output=True, text=True,
+                         env={**os.environ, "LD_LIBRARY_PATH": str(elsewhere)})
+    assert res.returncode == 125 and not marker.exists(), res.stderr
+    assert (f"interpreter: libpython (as loaded): expected {libpython}, found "
+            f"{elsewhere / libpython.name}") in res.stderr
+
     other = libpython.with_name("other.so")
     shutil.copy2(libpython, other)
     with open(other, "ab") as fh:
@@ -371,7 +384,6 @@ def test_libpython_swapped(index: LocalIndex, tmp_path: Path) -> None:
     lines = assert_differences(env, "quick", [
         ("interpreter", str(libpython), recorded["sha256"], sha256_of(libpython))])
     assert_run_refused(env, tmp_path, lines)
-    marker = tmp_path / "GUARD-MARKER"
     res = subprocess.run([env / "bin" / "envbuild-guard", "--", "touch", marker],
                          capture_output=True, text=True)
     assert res.returncode == 125 and not marker.exists(), res.stderr
