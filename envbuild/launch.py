@@ -77,8 +77,7 @@ def launch(env: str, argv: list[str], level: str = "quick", expect: str | None =
     try:
         report = verify(env, level=level, expect=expect, trusted_uids=trusted_uids)
     except NotAnEnvError as exc:
-        return _refuse_unverified(env, level, argv, started, prog, Difference(
-            "manifest", MANIFEST, "an envbuild env", str(exc)))
+        return _refuse_not_an_env(env, level, argv, started, prog, str(exc))
     env_dir = report.env
     try:
         _check_root(report, prog)
@@ -101,12 +100,14 @@ def launch(env: str, argv: list[str], level: str = "quick", expect: str | None =
     return code
 
 
-def _refuse_unverified(env: str, level: str, argv: list[str], started: float, prog: str,
-                       why: Difference) -> int:
-    """Refuse before any verification could run; still a launch, so still recorded."""
-    _say(prog, f"refused: {why.found}")
-    report = Report(os.path.abspath(env), level, None, [why], {})
-    record(report, argv, started, REFUSED, None, None, dict(os.environ))
+def _refuse_not_an_env(env: str, level: str, argv: list[str], started: float, prog: str,
+                       reason: str) -> int:
+    """Nothing to verify; still a launch, so still recorded, with the reason as the one
+    difference and no manifest digest."""
+    _say(prog, f"refused: {reason}")
+    why = Difference("manifest", MANIFEST, "an envbuild env", reason)
+    record(Report(os.path.abspath(env), level, None, [why], {}), argv, started, REFUSED, None,
+           None, dict(os.environ))
     return REFUSED
 
 
