@@ -295,16 +295,20 @@ def parse_launch_args(args: list[str], prog: str, want_env: bool = False
 
 
 HOOK_PTH = "000-envbuild-hook.pth"
+# `site` runs a venv's .pth files twice (Python 3.11 adds the venv's site-packages both in
+# venv() and with the other prefixes): once per process is enough
 _HOOK_CODE = """\
 import os as _o, sys as _s
-_p = _o.path.join(_s.prefix, "lib", "envbuild-launch")
-try:
-    _s.path.insert(0, _p)
-    from envbuild.launch import hook_check as _h
-    _h(_s.prefix)
-except BaseException as _e:
-    _s.stderr.write("envbuild-hook: refused: internal error: %r\\n" % (_e,))
-    _o._exit(125)
+if not getattr(_s, "_envbuild_hook_checked", False):
+    _p = _o.path.join(_s.prefix, "lib", "envbuild-launch")
+    try:
+        _s.path.insert(0, _p)
+        from envbuild.launch import hook_check as _h
+        _h(_s.prefix)
+        _s._envbuild_hook_checked = True
+    except BaseException as _e:
+        _s.stderr.write("envbuild-hook: refused: internal error: %r\\n" % (_e,))
+        _o._exit(125)
 """
 
 

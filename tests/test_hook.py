@@ -44,6 +44,16 @@ def test_hook_lets_a_matching_env_start_and_leaves_no_trace(hooked: Path) -> Non
     assert proc.stdout.split() == ["False", "False"]
 
 
+def test_hook_checks_once_per_interpreter_start(hooked: Path) -> None:
+    """`site` processes a venv's site-packages twice on some Pythons (3.11 does): the check,
+    and its imports, must still run once."""
+    proc = subprocess.run([hooked / "bin" / "python", "-X", "importtime", "-c", "pass"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    imports = [ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines()]
+    assert imports.count("envbuild.verify") == 1, proc.stderr
+
+
 def test_hook_refuses_a_tampered_env_at_interpreter_start(hooked: Path, tmp_path: Path) -> None:
     env = copy_env(hooked, tmp_path / "moved")
     make_writable(env)
