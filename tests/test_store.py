@@ -116,6 +116,18 @@ def _waiting(lock: Path) -> bool:
     return any(".stale." not in p.name for p in lock.parent.glob(lock.name + ".*"))
 
 
+def _dead_owner() -> dict[str, object]:
+    """The owner record of a process of this host that has since been killed -9."""
+    owner_proc = _python(OWNER)
+    with _reaped(owner_proc):
+        line = owner_proc.stdout.readline()  # type: ignore[union-attr]
+        record: dict[str, object] = json.loads(line)
+        assert record["pid"] == owner_proc.pid and record["start"]
+        os.kill(owner_proc.pid, signal.SIGKILL)
+        owner_proc.wait()
+    return record
+
+
 def _link_record(lock: Path, owner: dict[str, object]) -> None:
     """Put an owner record in place the way the code does: write it, then link it."""
     tmp = lock.with_name(f"{lock.name}.{owner['token']}")
@@ -138,12 +150,7 @@ def test_contending_processes_exclude_each_other(tmp_path: Path,
     shared.write_text("0")
     rounds, workers = (25, 3) if not dead_holder_first else (10, 6)
     if dead_holder_first:
-        owner_proc = _python(OWNER)
-        with _reaped(owner_proc):
-            record = json.loads(owner_proc.stdout.readline())  # type: ignore[union-attr]
-            os.kill(owner_proc.pid, signal.SIGKILL)
-            owner_proc.wait()
-        _link_record(lock, record)
+        _link_record(lock, _dead_owner())
     procs = [_python(WORKER, lock, shared, log, go, rounds, stdin=subprocess.DEVNULL)
              for _ in range(workers)]
     with _reaped(*procs):
@@ -217,13 +224,7 @@ def test_holder_killed_9_while_holding_is_taken_over(tmp_path: Path) -> None:
 
 def test_record_of_a_dead_pid_on_this_host_is_taken_over(tmp_path: Path) -> None:
     lock = tmp_path / "x.lock"
-    owner_proc = _python(OWNER)
-    with _reaped(owner_proc):
-        record = json.loads(owner_proc.stdout.readline())  # type: ignore[union-attr]
-        assert record["pid"] == owner_proc.pid and record["start"]
-        os.kill(owner_proc.pid, signal.SIGKILL)
-        owner_proc.wait()
-    _link_record(lock, record)
+    _link_record(lock, _dead_owner())
     waiter = _python(HOLDER, lock, tmp_path / "second")
     with _reaped(waiter):
         _until("the waiter to take over", (tmp_path / "second").exists)
@@ -236,11 +237,7 @@ def test_takeover_lock_left_by_a_waiter_that_died_is_cleared(tmp_path: Path) -> 
     """A waiter killed -9 while moving a dead holder's lock aside leaves `<lock>.takeover`;
     once that is old, the next waiter clears it and takes the lock over."""
     lock = tmp_path / "x.lock"
-    owner_proc = _python(OWNER)
-    with _reaped(owner_proc):
-        record = json.loads(owner_proc.stdout.readline())  # type: ignore[union-attr]
-        os.kill(owner_proc.pid, signal.SIGKILL)
-        owner_proc.wait()
+    record = _dead_owner()
     _link_record(lock, record)
     guard = tmp_path / "x.lock.takeover"
     guard.write_text(json.dumps(record))

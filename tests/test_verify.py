@@ -350,15 +350,20 @@ def private_shared_python(root: Path) -> tuple[Path, Path]:
     return python, root / "lib" / lib.name
 
 
-def test_libpython_swapped(index: LocalIndex, tmp_path: Path) -> None:
-    """A shared build's binary is a small stub: the interpreter is its libpython, so
-    swapping that library is an interpreter difference at the quick level."""
-    python, libpython = private_shared_python(tmp_path / "py")
+def build_with(python: Path, index: LocalIndex, tmp_path: Path) -> Path:
+    """A small env built for `python`: its path."""
     recipe = write_recipe(tmp_path / "recipe", index, ["alpha"])
     assert cli("lock", recipe).exit_code == 0
     res = envbuild("build", recipe, "--store", tmp_path / "store", "--python", python)
     assert res.returncode == 0, res.stderr
-    env = Path(res.stdout.strip().splitlines()[-1])
+    return Path(res.stdout.strip().splitlines()[-1])
+
+
+def test_libpython_swapped(index: LocalIndex, tmp_path: Path) -> None:
+    """A shared build's binary is a small stub: the interpreter is its libpython, so
+    swapping that library is an interpreter difference at the quick level."""
+    python, libpython = private_shared_python(tmp_path / "py")
+    env = build_with(python, index, tmp_path)
     recorded = json.loads((env / MANIFEST).read_bytes())["interpreter"]["libpython"]
     assert recorded == {"path": str(libpython), "sha256": sha256_of(libpython)}
     assert cli("verify", env).exit_code == 0
@@ -402,11 +407,7 @@ def test_interpreter_stdlib_gone(index: LocalIndex, tmp_path: Path) -> None:
     """Without its stdlib an interpreter stops before running any code (a fatal error,
     status 1): the guard must still refuse with 125 and say why."""
     python, _ = private_shared_python(tmp_path / "py")
-    recipe = write_recipe(tmp_path / "recipe", index, ["alpha"])
-    assert cli("lock", recipe).exit_code == 0
-    res = envbuild("build", recipe, "--store", tmp_path / "store", "--python", python)
-    assert res.returncode == 0, res.stderr
-    env = Path(res.stdout.strip().splitlines()[-1])
+    env = build_with(python, index, tmp_path)
     stdlib = tmp_path / "py" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
     stdlib.unlink()     # the private install's stdlib is a symlink
     lines = assert_differences(env, "quick", [
