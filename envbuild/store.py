@@ -140,6 +140,7 @@ def _take_over(path: Path, dead: str, record: Path, token: str) -> None:
     TAKEOVER_STALE_SECONDS belonged to a waiter that died taking over, and is removed."""
     guard = path.with_name(f"{path.name}.takeover")
     try:
+        os.utime(record)   # the link shares its mtime, by which others judge it stale
         os.link(record, guard)
     except FileExistsError:
         try:
