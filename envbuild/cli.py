@@ -133,7 +133,10 @@ def verify(ctx: typer.Context) -> None:
     reproduces the tree digest. full: + every file's content.
 
     Prints KIND: SUBJECT: expected X, found Y per difference; --json prints a report with
-    manifest_digest. Exit 0 if it matches, 1 if it differs, 2 if ENV is not an env.
+    manifest_digest. Exit 0 if it matches, 1 if it differs, 2 if ENV is not an env (or the
+    input is bad, or verify fails itself).
+
+    Example: envbuild verify "$ENV" --level full --expect "$DIGEST"
     """
     from .fastcli import verify_main
 
@@ -147,8 +150,19 @@ def run(ctx: typer.Context) -> None:
 
     Usage: envbuild run ENV [--level L] [--expect sha256:HEX] [--] CMD ARGS...
 
+    --level quick|files|full as for `envbuild verify` (default quick, the launch check);
+    --expect pins the manifest digest that `build --json` or `verify --json` printed.
+    The contract: the recipe's `unset` names (and PYTHONPATH, PYTHONHOME, PYTHONSTARTUP,
+    PYTHONUSERBASE) removed, `set` defaults applied, `require` checked, ENV/bin first on
+    PATH. SIGINT, SIGTERM and SIGQUIT reach CMD once. One JSON line per launch goes to
+    $ENVBUILD_RUNLOG, else to runs/<host>.jsonl in the store. Where envbuild is not
+    installed, ENV/bin/envbuild-guard does the same. (--local, for staged envs, is refused:
+    staging is not built yet.)
+
     Exits with CMD's status (128+N if killed by signal N); 125 if refused or not an env,
     126 if CMD is not executable, 127 if not found.
+
+    Example: envbuild run "$ENV" --expect "$DIGEST" -- python train.py --epochs 3
     """
     from .fastcli import run_main
 
