@@ -136,7 +136,7 @@ def heavy_tasks(env: BenchEnv) -> list[Task]:
 
 def check_fresh_build_is_real(env: BenchEnv) -> None:
     """A fresh store with pre-filled wheels must build, not hit a cache."""
-    task = heavy_tasks(env)[2]
+    task = next(t for t in heavy_tasks(env) if t.name == "build: warm wheel cache, fresh store")
     argv = task.commands()[0]
     try:
         out = run_checked(argv, base_env(), "a build into a fresh store")
