@@ -38,7 +38,8 @@ def find_tool(name: str) -> str:
     found = shutil.which(name)
     if not found:
         sys.exit(f"bench: {name}: expected beside {sys.executable} or on PATH, found neither; "
-                 "run the bench with the python of the venv `bash tests/run` makes (.venv/bin/python)")
+                 "run the bench with the venv's python that `bash tests/run` makes "
+                 "(.venv/bin/python)")
     return found
 
 
