@@ -7,8 +7,6 @@ import csv
 import io
 import logging
 import os
-import shlex
-import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -17,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from .bytecode import compile_env
+from .carried import HOOK_PTH, hook_line, install_launcher, launcher_digest
 from .errors import CacheIntegrityError, InputError
 from .fsutil import publish_dir, remove_tree
+from .hashing import sha256_bytes
 from .hostreq import scan
 from .interpreter import Interpreter, probe
-from .launch import HOOK_PTH, hook_line
+from .layout import LAUNCH_DIR, MANIFEST
 from .lock import Lock, read_lock
-from .manifest import seal
+from .manifest import Distribution, InterpreterRecord, LaunchPolicy, Manifest, read_manifest, seal
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe, load_recipe
-from .store import Store, clear_leftovers, env_key, exclusive, short_key
-from .verify import MANIFEST, sha256_bytes
+from .store import Store, clear_leftovers, env_key, exclusive
 from .wheelcache import Artifact, WheelCache
 
 log = logging.getLogger(__name__)
@@ -37,24 +36,6 @@ Progress = Callable[[str], None]
 _TRAMPOLINE = (b"#!/bin/sh\n"
                b"'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")\"/python \"$0\" \"$@\"\n"
                b"' '''\n")
-_GUARD = """#!/bin/sh
-# envbuild-guard: verify this env against its manifest, then run CMD; 125 if refused.
-# usage: envbuild-guard [--level quick|files|full] [--expect sha256:HEX] [--] CMD ARGS...
-case $0 in */*) b=${0%/*} ;; *) b=$(command -v -- "$0") && b=${b%/*} || b=. ;; esac
-if [ ! -x "$b/python" ]; then
-  echo "envbuild-guard: refused: interpreter: $b/python: expected an executable, found none" >&2
-  exit 125
-fi
-@PYLIB@exec "$b/python" -I -S -c 'import sys
-try:
-    sys.path.insert(0, sys.argv[1] + "/../lib/envbuild-launch")
-    from envbuild.launch import guard_main
-except BaseException as e:
-    sys.stderr.write("envbuild-guard: refused: cannot load the launch modules: %r\\n" % (e,))
-    sys.exit(125)
-guard_main()' "$b" "$@"
-"""
-LAUNCH_MODULES = ("errors.py", "names.py", "verify.py", "launch.py", "runlog.py", "hostreq.py")
 
 
 @dataclass(frozen=True)
@@ -75,9 +56,10 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
     lock = read_lock(recipe)
     interp = probe(python)
     _check_interpreter(recipe, lock, interp)
-    if offline and not (Store.path_for(store_dir) / "wheels").is_dir():
+    where = Store.path_for(store_dir)
+    if offline and not Path(Store(where).layout.wheels).is_dir():
         # refused before the store is created: bad input changes nothing on disk
-        raise CacheIntegrityError(f"--offline: the store {Store.path_for(store_dir)} has no "
+        raise CacheIntegrityError(f"--offline: the store {where} has no "
                                   "wheel cache yet; build once without --offline to fill it")
     return _build_in(Store.locate(store_dir), recipe, lock, interp, offline, progress)
 
@@ -89,14 +71,14 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
     final = store.env_path(recipe.name, key)
     if (final / MANIFEST).exists():
         return _result(final, key, cached=True)
-    with exclusive(store.root / "locks" / f"{recipe.name}-{short_key(key)}.lock",
+    with exclusive(Path(store.layout.build_lock(recipe.name, key)),
                    on_wait=lambda: progress(f"waiting for another build of {final.name}")):
         if (final / MANIFEST).exists():
             return _result(final, key, cached=True)
         clear_leftovers(store, recipe.name, key)
         entries = [e for e in lock.entries if e.applies(interp.markers)]
         artifacts = WheelCache(store, interp, recipe, offline, progress).fill(entries)
-        tmp = Path(tempfile.mkdtemp(prefix=store.tmp_env_prefix(recipe.name, key),
+        tmp = Path(tempfile.mkdtemp(prefix=store.layout.tmp_env_prefix(recipe.name, key),
                                     dir=store.envs))
         try:
             _assemble(tmp, recipe, lock, interp, artifacts, key, store, progress)
@@ -110,7 +92,7 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
 
 
 def _result(final: Path, key: str, cached: bool) -> BuildResult:
-    return BuildResult(final, key, sha256_bytes((final / MANIFEST).read_bytes()), cached)
+    return BuildResult(final, key, read_manifest(final).digest, cached)
 
 
 def _check_interpreter(recipe: Recipe, lock: Lock, interp: Interpreter) -> None:
@@ -130,37 +112,34 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt", recipe.name,
               str(tmp)], env=hermetic_env())
     progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
-    _install(tmp, artifacts)
-    _install_launcher(tmp, interp)
+    _install(tmp, artifacts, store.tmp)
+    install_launcher(tmp, interp)
     _relocate(tmp, interp)
     progress("compiling bytecode")
-    compile_env(tmp, interp.site, [tmp / "lib" / "envbuild-launch"], artifacts, interp, store)
+    compile_env(tmp, interp.site, [tmp / LAUNCH_DIR], artifacts, interp, store)
     if recipe.launch_hook:
         (tmp / interp.site / HOOK_PTH).write_text(hook_line())
     _normalize_files(tmp)
     progress("writing the manifest")
-    identity = interp.identity()
-    body = {
-        "schema": "envbuild.manifest/1", "name": recipe.name, "env_key": key,
-        "inputs": {"recipe": recipe.digest, "lock": sha256_bytes(lock.text.encode())},
-        "interpreter": {"implementation": identity["implementation"],
-                        "version": identity["version"], "abi": identity["abi"],
-                        "platform": identity["platform"], "libc": identity["libc"],
-                        "path": identity["executable"], "sha256": identity["sha256"],
-                        "stdlib_digest": identity["stdlib_digest"],
-                        "libpython": identity["libpython"]},
-        "distributions": sorted(({"name": a.entry.name, "version": a.entry.version,
-                                  "artifact": a.artifact.name, "sha256": a.sha256}
-                                 for a in artifacts), key=lambda d: d["name"]),
-        "environment": recipe.environment.to_json(),
-        "launch": {"hook": recipe.launch_hook, "root": recipe.launch_root},
-    }
-    seal(tmp, body, interp.site, str(tmp).encode(), scan,
+    draft = Manifest(
+        name=recipe.name, env_key=key,
+        inputs={"recipe": recipe.digest, "lock": sha256_bytes(lock.text.encode())},
+        interpreter=InterpreterRecord(
+            implementation=interp.implementation, version=interp.version, abi=interp.abi,
+            platform=interp.platform, libc=interp.libc, path=interp.executable,
+            sha256=interp.sha256, stdlib_digest=interp.stdlib_digest,
+            libpython=interp.libpython),
+        distributions=tuple(sorted((Distribution(a.entry.name, a.entry.version,
+                                                 a.artifact.name, a.sha256)
+                                    for a in artifacts), key=lambda d: d.name)),
+        environment=recipe.environment,
+        launch=LaunchPolicy(hook=recipe.launch_hook, root=recipe.launch_root))
+    seal(tmp, draft, interp.site, str(tmp).encode(), scan,
          stdlib_landmark=os.path.join(interp.stdlib, "os.py"))
     _freeze_dirs(tmp)
 
 
-def _install(tmp: Path, artifacts: list[Artifact]) -> None:
+def _install(tmp: Path, artifacts: list[Artifact], store_tmp: Path) -> None:
     """pip, offline, one pinned and hashed wheel per distribution, nothing else considered.
 
     With --no-deps the wheels are independent, so a few pips install shares of them at
@@ -171,7 +150,7 @@ def _install(tmp: Path, artifacts: list[Artifact]) -> None:
     shares: list[list[Artifact]] = [[] for _ in range(min(4, os.cpu_count() or 1))]
     for art in sorted(artifacts, key=lambda a: a.wheel.stat().st_size, reverse=True):
         min(shares, key=lambda s: sum(a.wheel.stat().st_size for a in s)).append(art)
-    with tempfile.TemporaryDirectory(prefix="install-", dir=tmp.parent.parent / "tmp") as work:
+    with tempfile.TemporaryDirectory(prefix="install-", dir=store_tmp) as work:
         with ThreadPoolExecutor(len(shares)) as pool:
             # list() re-raises the first failure
             list(pool.map(lambda n: _install_share(tmp, Path(work) / str(n), shares[n]),
@@ -194,44 +173,6 @@ def _install_share(tmp: Path, work: Path, artifacts: list[Artifact]) -> None:
                       "--no-warn-script-location", "--progress-bar", "off",
                       "--find-links", str(links), "-r", str(reqs)),
              env=hermetic_env())
-
-
-def launcher_digest() -> str:
-    """The launch code copied into every env: when it changes, so does every env key."""
-    here = Path(__file__).parent
-    parts = [_GUARD.encode(), hook_line().encode()]
-    parts += [name.encode() + b"\0" + (here / name).read_bytes() for name in LAUNCH_MODULES]
-    return sha256_bytes(b"\0".join(parts))
-
-
-def _install_launcher(tmp: Path, interp: Interpreter) -> None:
-    """The stdlib-only launch modules and `bin/envbuild-guard`, carried inside the env."""
-    here = Path(__file__).parent
-    pkg = tmp / "lib" / "envbuild-launch" / "envbuild"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text('"""envbuild launch path, carried inside the env."""\n')
-    for name in LAUNCH_MODULES:
-        shutil.copyfile(here / name, pkg / name)
-    guard = tmp / "bin" / "envbuild-guard"
-    guard.write_text(_GUARD.replace("@PYLIB@", _pylib_check(interp)))
-    guard.chmod(0o755)
-
-
-def _pylib_check(interp: Interpreter) -> str:
-    """Shell lines refusing (125) when what the interpreter needs before it runs any code
-    is gone: a shared build's libpython (the dynamic loader would fail with 127) and the
-    stdlib (Python would stop with a fatal error, 1 or 134), before any check could run."""
-    needed = [(os.path.join(interp.stdlib, "os.py"), "present")]
-    if interp.libpython:
-        needed.append((interp.libpython["path"], interp.libpython["sha256"]))
-    lines = []
-    for path, expected in needed:
-        quoted = shlex.quote(path)
-        lines.append(f"if [ ! -e {quoted} ]; then\n"
-                     f"  echo \"envbuild-guard: refused: interpreter: \"{quoted}\": expected "
-                     f"{expected}, found missing\" >&2\n"
-                     f"  exit 125\nfi\n")
-    return "".join(lines)
 
 
 def _relocate(tmp: Path, interp: Interpreter) -> None:

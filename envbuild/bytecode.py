@@ -84,15 +84,14 @@ def _pyc(source: Path, cache_tag: str) -> Path:
 
 
 def _entry(store: Store, art: Artifact, interp: Interpreter) -> Path:
-    digest = art.wheel_sha256.removeprefix("sha256:")
-    return store.root / "pycs" / f"{digest}-{interp.abi}-{interp.version}"
+    return Path(store.layout.pyc_dir(art.wheel_sha256, interp.abi, interp.version))
 
 
 def _remember(store: Store, art: Artifact, interp: Interpreter, site_dir: Path,
               sources: list[str]) -> None:
     """Keep a wheel's freshly compiled pycs for the next build; best effort."""
-    (store.root / "pycs").mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.root / "tmp"))
+    os.makedirs(store.layout.pycs, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.tmp))
     try:
         for rel in sources:
             pyc = _pyc(site_dir / rel, interp.cache_tag)

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import EnvbuildError
+from .errors import EnvbuildError, report
 
 app = typer.Typer(
     help="Provable Python environments: lock a recipe, build a content-addressed venv with "
@@ -28,8 +28,7 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except EnvbuildError as exc:
-        typer.echo(f"envbuild: error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(report(exc, "envbuild")) from None
 
 
 @contextmanager

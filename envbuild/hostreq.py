@@ -1,21 +1,19 @@
 """What an environment's ELF files need from the host machine and do not ship.
 
-`scan` runs at build time and needs pyelftools; `host_glibc` and `missing_libraries`
-run at launch, so they are stdlib-only and pyelftools is imported lazily inside `scan`.
+`scan` runs at build time and needs pyelftools (imported inside it); the launch side's view
+of the host (`hostlibs`) is stdlib only.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import platform
 import posixpath
 import re
 import struct
-import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .hostlibs import version_tuple
 
 _ELF_MAGIC = b"\x7fELF"
 # GLIBC_PRIVATE and GLIBC_ABI_* are not orderable releases; only numeric ones bound the host.
@@ -29,10 +27,6 @@ class HostNeeds:
 
     def to_json(self) -> dict[str, object]:
         return {"libraries": {k: list(v) for k, v in self.libraries.items()}, "glibc": self.glibc}
-
-
-def version_tuple(v: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in v.split("."))
 
 
 def _is_elf(path: Path) -> bool:
@@ -133,58 +127,3 @@ def scan(root: Path, relpaths: Iterable[str]) -> HostNeeds:
         libraries={k: sorted(libraries[k]) for k in sorted(libraries)},
         glibc=max(glibc, key=version_tuple) if glibc else None,
     )
-
-
-def host_glibc() -> str | None:
-    try:
-        value = os.confstr("CS_GNU_LIBC_VERSION")
-    except (ValueError, OSError, AttributeError):  # non-glibc hosts (musl, macOS)
-        return None
-    if not value or not value.startswith("glibc "):
-        return None
-    return value.split()[1]
-
-
-def _ld_so_conf_dirs(conf: str, seen: set[str]) -> list[str]:
-    if conf in seen:  # include cycles would otherwise recurse forever
-        return []
-    seen.add(conf)
-    try:
-        text = Path(conf).read_text(errors="replace")
-    except OSError:
-        return []
-    dirs: list[str] = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        words = line.split()
-        if words and words[0] == "include":
-            for pat in words[1:]:  # relative patterns are relative to this file, as in ldconfig
-                pat = os.path.join(os.path.dirname(conf), pat)
-                for inc in sorted(glob.glob(pat)):
-                    dirs += _ld_so_conf_dirs(inc, seen)
-        elif line and not line.startswith("hwcap"):
-            dirs += [d for d in re.split(r"[\s:,]+", line) if d.startswith("/")]
-    return dirs
-
-
-def _search_dirs() -> list[str]:
-    env = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
-    arch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
-    multiarch = [f"/lib/{arch}", f"/usr/lib/{arch}"]
-    dirs = env + _ld_so_conf_dirs("/etc/ld.so.conf", set()) + multiarch
-    dirs += ["/lib", "/usr/lib", "/lib64", "/usr/lib64"]
-    return list(dict.fromkeys(dirs))
-
-
-def missing_libraries(sonames: Iterable[str]) -> list[str]:
-    """Sonames the host's dynamic loader would not find, sorted."""
-    dirs = _search_dirs()
-    missing = []
-    for soname in sorted(set(sonames)):
-        if "/" in soname:  # the loader takes such names as paths, not as sonames
-            found = os.path.exists(soname)
-        else:
-            found = any(os.path.exists(os.path.join(d, soname)) for d in dirs)
-        if not found:
-            missing.append(soname)
-    return missing

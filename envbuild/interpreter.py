@@ -14,8 +14,9 @@ from typing import Any
 from packaging import tags
 
 from .errors import InputError
+from .hashing import file_digest
+from .hostcache import cached, interpreter_digest, remember
 from .proc import hermetic_env, run_tool
-from .verify import cached, file_digest, interpreter_digest, remember
 
 # Run inside the target interpreter, which may be any CPython >= 3.9 with no packages.
 _PROBE = r"""

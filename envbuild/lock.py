@@ -132,7 +132,8 @@ def lock_status(recipe: Recipe) -> str | None:
     if not path.exists():
         return f"{path}: no lock; run `envbuild lock {recipe.path}`"
     header = read_header(path.read_text(), path)
-    if header.get("recipe") != recipe.digest:
+    # a lock made before the digest was taken by meaning records the file's bytes' digest
+    if header.get("recipe") not in (recipe.digest, recipe.bytes_digest):
         return (f"{path}: stale: expected recipe digest {recipe.digest}, lock records "
                 f"{header.get('recipe')}; run `envbuild lock {recipe.path}`")
     return None

@@ -13,27 +13,23 @@ import os
 import socket
 import stat
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import BuildError, InputError
+from .errors import BuildError, ManifestError
 from .fsutil import atomic_write
+from .hashing import sha256_bytes
 from .hostreq import HostNeeds
-from .verify import (
-    FILES,
-    FILES_SCHEMA,
-    MANIFEST,
-    META,
-    QUICK,
-    files_line,
-    format_quick,
-    sha256_bytes,
-    walk,
-)
+from .layout import FILES, MANIFEST, META, PROVENANCE, QUICK
+from .recipe import EnvContract
+from .sidecars import FILES_SCHEMA, files_line, format_quick, read_manifest_bytes, walk
 
-SCHEMA = "envbuild.manifest/1"
+SCHEMA_PREFIX = "envbuild.manifest/"
+SCHEMA_VERSION = 1
+SCHEMA = f"{SCHEMA_PREFIX}{SCHEMA_VERSION}"
 
 
 def canonical(data: dict[str, Any]) -> bytes:
@@ -41,14 +37,134 @@ def canonical(data: dict[str, Any]) -> bytes:
                       ensure_ascii=False).encode("utf-8")
 
 
-def read_manifest(env: Path) -> dict[str, Any]:
-    path = env / MANIFEST
-    data: dict[str, Any] = json.loads(path.read_bytes())
-    schema = data.get("schema")
-    if schema != SCHEMA:
-        raise InputError(f"{path}: manifest schema {schema!r} is not {SCHEMA!r}; "
-                         "this envbuild cannot read it (upgrade envbuild)")
-    return data
+@dataclass(frozen=True)
+class Distribution:
+    name: str           # PEP 503-normalized
+    version: str
+    artifact: str       # the file the lock hashed: a wheel, or the sdist a wheel was built from
+    sha256: str
+
+
+@dataclass(frozen=True)
+class InterpreterRecord:
+    implementation: str
+    version: str
+    abi: str
+    platform: str
+    libc: str
+    path: str
+    sha256: str
+    stdlib_digest: str
+    libpython: dict[str, str] | None    # {path, sha256} of a shared build's libpython
+
+
+@dataclass(frozen=True)
+class LaunchPolicy:
+    hook: bool
+    root: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an env holds, as `ENV/envbuild-manifest.json` records it."""
+
+    name: str
+    env_key: str
+    inputs: dict[str, str]              # {recipe, lock}: digests
+    interpreter: InterpreterRecord
+    distributions: tuple[Distribution, ...]
+    environment: EnvContract
+    launch: LaunchPolicy
+    tree_digest: str = ""               # these three are computed by `seal`
+    host: HostNeeds = field(default_factory=lambda: HostNeeds({}, None))
+    sidecars: dict[str, str] = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.schema, "name": self.name, "env_key": self.env_key,
+                "inputs": dict(self.inputs), "interpreter": asdict(self.interpreter),
+                "distributions": [asdict(d) for d in self.distributions],
+                "tree_digest": self.tree_digest, "host": self.host.to_json(),
+                "environment": self.environment.to_json(), "launch": asdict(self.launch),
+                "sidecars": dict(self.sidecars)}
+
+    def to_bytes(self) -> bytes:
+        return canonical(self.to_json())
+
+    @property
+    def digest(self) -> str:
+        """The manifest's own digest, which names the env."""
+        return sha256_bytes(self.to_bytes())
+
+
+def read_manifest(env: Path) -> Manifest:
+    """The manifest of the env at `env`, validated; NotAnEnvError (ManifestError) if the env
+    has none or it cannot be read, naming every problem."""
+    return parse_manifest(read_manifest_bytes(str(env)), str(Path(env) / MANIFEST))
+
+
+_TOP: dict[str, type] = {"schema": str, "name": str, "env_key": str, "inputs": dict,
+                         "interpreter": dict, "distributions": list, "tree_digest": str,
+                         "host": dict, "environment": dict, "launch": dict, "sidecars": dict}
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "inputs": ("recipe", "lock"),
+    "interpreter": tuple(f.name for f in fields(InterpreterRecord)),
+    "host": ("libraries", "glibc"),
+    "environment": ("set", "require", "unset"),
+    "launch": ("hook", "root"),
+    "sidecars": ("quick",),
+}
+
+
+def parse_manifest(data: bytes, where: str) -> Manifest:
+    """A manifest from its bytes; ManifestError listing every problem, or refusing a schema
+    newer than this envbuild with a message to upgrade it."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{where}: expected a JSON manifest, found unreadable bytes "
+                            f"({exc})") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: expected a JSON object, found {type(raw).__name__}")
+    _check_schema(raw.get("schema"), where)
+    issues = [f"{key}: expected {kind.__name__}, found "
+              f"{'nothing' if key not in raw else type(raw[key]).__name__}"
+              for key, kind in _TOP.items() if not isinstance(raw.get(key), kind)]
+    issues += [f"{table}.{key}: expected a value, found none" for table, keys in _FIELDS.items()
+               if isinstance(raw.get(table), dict) for key in keys if key not in raw[table]]
+    dists: list[Any] = raw["distributions"] if isinstance(raw.get("distributions"), list) else []
+    for i, dist in enumerate(dists):
+        if not (isinstance(dist, dict) and all(isinstance(dist.get(k), str) for k in
+                                               ("name", "version", "artifact", "sha256"))):
+            issues.append(f"distributions[{i}]: expected name, version, artifact and sha256")
+    if issues:
+        raise ManifestError("\n".join(f"{where}: {issue}" for issue in issues))
+    return Manifest(
+        name=raw["name"], env_key=raw["env_key"], inputs=dict(raw["inputs"]),
+        interpreter=InterpreterRecord(**{k: raw["interpreter"][k]
+                                         for k in _FIELDS["interpreter"]}),
+        distributions=tuple(Distribution(**{k: d[k] for k in ("name", "version", "artifact",
+                                                                "sha256")}) for d in dists),
+        environment=EnvContract(set=dict(raw["environment"]["set"]),
+                                require=tuple(raw["environment"]["require"]),
+                                unset=tuple(raw["environment"]["unset"])),
+        launch=LaunchPolicy(hook=bool(raw["launch"]["hook"]), root=str(raw["launch"]["root"])),
+        tree_digest=raw["tree_digest"],
+        host=HostNeeds(libraries={k: list(v) for k, v in raw["host"]["libraries"].items()},
+                       glibc=raw["host"]["glibc"]),
+        sidecars=dict(raw["sidecars"]), schema=raw["schema"])
+
+
+def _check_schema(schema: object, where: str) -> None:
+    if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
+        raise ManifestError(f"{where}: expected schema {SCHEMA!r}, found {schema!r}: not an "
+                            "envbuild manifest")
+    version = schema[len(SCHEMA_PREFIX):]
+    if version != str(SCHEMA_VERSION):
+        newer = version.isdigit() and int(version) > SCHEMA_VERSION
+        raise ManifestError(f"{where}: manifest schema {schema!r} is "
+                            f"{'newer than' if newer else 'not'} {SCHEMA!r}, the one this "
+                            f"envbuild reads{'; upgrade envbuild' if newer else ''}")
 
 
 @dataclass(frozen=True)
@@ -85,15 +201,15 @@ def list_tree(root: Path, forbidden: bytes) -> TreeListing:
     return TreeListing("".join(lines).encode("utf-8"), regular)
 
 
-def quick_records(site: str, root: Path, interp: dict[str, Any], host: HostNeeds,
-                  environment: dict[str, Any], launch: dict[str, Any],
+def quick_records(site: str, root: Path, manifest: Manifest,
                   stdlib_landmark: str | None = None) -> list[tuple[str, ...]]:
+    interp, host, contract = manifest.interpreter, manifest.host, manifest.environment
     records: list[tuple[str, ...]] = [
-        ("python", "bin/python", interp["path"], interp["sha256"], interp["version"]),
+        ("python", "bin/python", interp.path, interp.sha256, interp.version),
         ("site", site),
     ]
-    if interp["libpython"]:
-        records.append(("pylib", interp["libpython"]["path"], interp["libpython"]["sha256"]))
+    if interp.libpython:
+        records.append(("pylib", interp.libpython["path"], interp.libpython["sha256"]))
     if stdlib_landmark:   # without its stdlib the interpreter cannot even start
         records.append(("pystdlib", stdlib_landmark))
     for name in sorted(os.listdir(root / site)):
@@ -102,33 +218,32 @@ def quick_records(site: str, root: Path, interp: dict[str, Any], host: HostNeeds
     if host.glibc:
         records.append(("glibc", host.glibc))
     records += [("lib", soname) for soname in sorted(host.libraries)]
-    records += [("set", k, v) for k, v in sorted(environment["set"].items())]
-    records += [("require", k) for k in environment["require"]]
-    records += [("unset", k) for k in environment["unset"]]
-    records += [("hook", "1" if launch["hook"] else "0"), ("root", launch["root"])]
+    records += [("set", k, v) for k, v in sorted(contract.set.items())]
+    records += [("require", k) for k in sorted(contract.require)]
+    records += [("unset", k) for k in sorted(contract.unset)]
+    records += [("hook", "1" if manifest.launch.hook else "0"), ("root", manifest.launch.root)]
     return records
 
 
-def seal(root: Path, body: dict[str, Any], site: str, forbidden: bytes,
-         host_scan: Any, stdlib_landmark: str | None = None) -> str:
-    """Write the sidecars and the manifest into `root`; return the manifest's digest.
+def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
+         host_scan: Callable[[Path, list[str]], HostNeeds],
+         stdlib_landmark: str | None = None) -> Manifest:
+    """Write the sidecars and the manifest into `root`; return the manifest.
 
-    `body` holds every manifest key but the digests computed here.
+    `draft` holds everything but what is computed here: the tree digest, the host needs
+    and the quick sidecar's digest.
     """
     (root / META).mkdir(exist_ok=True)
     listing = list_tree(root, forbidden)
-    host: HostNeeds = host_scan(root, listing.regular)
-    quick = format_quick(quick_records(site, root, body["interpreter"], host,
-                                       body["environment"], body["launch"],
-                                       stdlib_landmark)).encode("utf-8")
-    manifest = dict(body, tree_digest=sha256_bytes(listing.sidecar), host=host.to_json(),
-                    sidecars={"quick": sha256_bytes(quick)})
-    data = canonical(manifest)
+    manifest = replace(draft, tree_digest=sha256_bytes(listing.sidecar),
+                       host=host_scan(root, listing.regular))
+    quick = format_quick(quick_records(site, root, manifest, stdlib_landmark)).encode("utf-8")
+    manifest = replace(manifest, sidecars={"quick": sha256_bytes(quick)})
     atomic_write(root / FILES, listing.sidecar, mode=0o444)
     atomic_write(root / QUICK, quick, mode=0o444)
-    atomic_write(root / META / "provenance.json", canonical({
+    atomic_write(root / PROVENANCE, canonical({
         "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": socket.gethostname(), "user": getpass.getuser(),
         "envbuild_version": __version__}), mode=0o444)
-    atomic_write(root / MANIFEST, data, mode=0o444)
-    return sha256_bytes(data)
+    atomic_write(root / MANIFEST, manifest.to_bytes(), mode=0o444)
+    return manifest

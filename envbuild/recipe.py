@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -50,7 +51,7 @@ class EnvContract:
 @dataclass(frozen=True)
 class Recipe:
     path: Path
-    digest: str
+    digest: str                # of the recipe's meaning: see `meaning_digest`
     name: str
     requires_python: SpecifierSet
     dependencies: tuple[str, ...]
@@ -61,6 +62,7 @@ class Recipe:
     launch_root: str = "warn"
     find_links_as_written: tuple[str, ...] = ()   # what the lock header records
     image: dict[str, Any] = field(default_factory=dict)
+    bytes_digest: str = ""     # of the file's bytes: what locks before envbuild.build/2 record
 
     @property
     def lock_path(self) -> Path:
@@ -170,12 +172,30 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
             issues.append(f"{where('image', key)}: expected a string, found {image[key]!r}")
     if issues:
         return None
-    return Recipe(path=path.resolve(), digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+    return Recipe(path=path.resolve(), digest=meaning_digest(data),
+                  bytes_digest="sha256:" + hashlib.sha256(raw).hexdigest(),
                   name=str(name), requires_python=requires_python,
                   dependencies=tuple(str(d) for d in deps), index_url=str(index_url),
                   find_links=find_links, find_links_as_written=tuple(links),
                   environment=contract, launch_hook=bool(hook),
                   launch_root=str(root), image=dict(image))
+
+
+def meaning_digest(data: dict[str, Any]) -> str:
+    """The digest of a recipe's meaning: the parsed TOML as written (before defaults such
+    as $ENVBUILD_INDEX_URL), as canonical JSON. Comments, whitespace, quoting and key order
+    change nothing; any value that changes does."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=_toml_scalar)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _toml_scalar(value: object) -> str:
+    """TOML's dates and times, which JSON has no type for, in their ISO form."""
+    iso = getattr(value, "isoformat", None)
+    if iso is None:
+        raise TypeError(f"cannot encode {type(value).__name__}")
+    return f"{type(value).__name__}:{iso()}"
 
 
 def _contract(env: Any, where: Any, issues: list[str]) -> EnvContract:

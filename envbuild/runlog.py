@@ -7,32 +7,10 @@ import os
 import sys
 import time
 
-from .verify import Report
+from .layout import runlog_path
+from .verify_report import Report
 
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
-
-
-def runlog_path(env: str | None = None) -> str:
-    """$ENVBUILD_RUNLOG; else one file per host (appends are not atomic across NFS clients,
-    so hosts never share a file) in $ENVBUILD_STORE, or in the store `env` was built in if
-    this user can write its `runs/`, or in the per-user store."""
-    explicit = os.environ.get("ENVBUILD_RUNLOG")
-    if explicit:
-        return explicit
-    store = os.environ.get("ENVBUILD_STORE")
-    if not store and env:
-        parent = os.path.dirname(os.path.abspath(env))      # <store>/envs/<name>-<key>
-        own = os.path.dirname(parent)
-        # a store by its layout (`X/envs` beside `X/runs` alone is a common project layout)
-        if (os.path.basename(parent) == "envs" and os.path.isdir(os.path.join(own, "wheels"))
-                and os.path.isdir(os.path.join(own, "locks"))
-                and os.access(os.path.join(own, "runs"), os.W_OK)):
-            store = own
-    if not store:
-        store = os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-            "envbuild")   # platformdirs.user_cache_dir("envbuild") on Linux, without importing it
-    return os.path.join(store, "runs", os.uname().nodename + ".jsonl")
 
 
 def record(report: Report, argv: list[str], started: float, code: int, sig: int | None,

@@ -23,6 +23,7 @@ from pathlib import Path
 from . import BUILD_FORMAT
 from .errors import InputError
 from .fsutil import remove_tree
+from .layout import StoreLayout, store_root
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +32,20 @@ REFRESH_SECONDS = 10.0
 TAKEOVER_STALE_SECONDS = 10.0   # moving a dead lock aside takes milliseconds
 
 
-_SUBDIRS = ("wheels", "built", "pycs", "envs", "locks", "runs", "tmp")
-
-
 @dataclass(frozen=True)
 class Store:
+    """A store on disk; `layout` knows its paths, these are the ones the build side uses."""
+
     root: Path
+
+    @property
+    def layout(self) -> StoreLayout:
+        return StoreLayout(str(self.root))
 
     @staticmethod
     def path_for(explicit: Path | None = None) -> Path:
         """Where the store is: `explicit`, else $ENVBUILD_STORE, else the user cache dir."""
-        if explicit is None:
-            env = os.environ.get("ENVBUILD_STORE")
-            if env:
-                explicit = Path(env)
-            else:
-                import platformdirs
-
-                explicit = Path(platformdirs.user_cache_dir("envbuild"))
-        return explicit.expanduser().absolute()
+        return Path(store_root(explicit))
 
     @classmethod
     def locate(cls, explicit: Path | None = None) -> Store:
@@ -59,7 +55,7 @@ class Store:
             raise InputError(f"store: {root} is not a directory; pass --store DIR (or set "
                              "ENVBUILD_STORE) naming a directory, new or existing")
         try:
-            for sub in _SUBDIRS:
+            for sub in StoreLayout.SUBDIRS:
                 (root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"store: cannot create {root}: {exc.strerror}; pass --store "
@@ -68,17 +64,14 @@ class Store:
 
     @property
     def envs(self) -> Path:
-        return self.root / "envs"
+        return Path(self.layout.envs)
+
+    @property
+    def tmp(self) -> Path:
+        return Path(self.layout.tmp)
 
     def env_path(self, name: str, env_key: str) -> Path:
-        return self.envs / f"{name}-{short_key(env_key)}"
-
-    def tmp_env_prefix(self, name: str, env_key: str) -> str:
-        return f".tmp-{name}-{short_key(env_key)}-"
-
-
-def short_key(env_key: str) -> str:
-    return env_key.removeprefix("sha256:")[:16]
+        return Path(self.layout.env_dir(name, env_key))
 
 
 def env_key(lock_text: str, recipe_digest: str, interpreter: dict[str, object],
@@ -216,7 +209,7 @@ def _release(path: Path, token: str) -> None:
 
 def clear_leftovers(store: Store, name: str, key: str) -> None:
     """Remove half-built dirs of this key; only the lock holder may call this."""
-    prefix = store.tmp_env_prefix(name, key)
+    prefix = store.layout.tmp_env_prefix(name, key)
     for entry in store.envs.iterdir():
         if entry.name.startswith(prefix):
             log.info("removing the leftover of an interrupted build: %s", entry)

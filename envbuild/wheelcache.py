@@ -17,12 +17,12 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from .errors import BuildError, CacheIntegrityError, ToolError
 from .fsutil import publish_dir, remove_tree
+from .hashing import file_digest
 from .interpreter import Interpreter
 from .lock import LockEntry
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe
 from .store import Store
-from .verify import file_digest
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -72,7 +72,7 @@ class WheelCache:
         """A cached artifact of the entry whose bytes match the lock, and its digest."""
         candidates: list[tuple[Path, str]] = []
         for digest in entry.hashes:
-            folder = self.store.root / "wheels" / digest.removeprefix("sha256:")
+            folder = Path(self.store.layout.wheel_dir(digest))
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
@@ -109,7 +109,7 @@ class WheelCache:
         return pip_argv("--python", self.interp.executable, *args)
 
     def _download(self, entries: list[LockEntry]) -> dict[str, tuple[Path, str]]:
-        tmp = Path(tempfile.mkdtemp(prefix="download-", dir=self.store.root / "tmp"))
+        tmp = Path(tempfile.mkdtemp(prefix="download-", dir=self.store.tmp))
         try:
             reqs = tmp / "requirements.txt"
             reqs.write_text("".join(
@@ -143,8 +143,8 @@ class WheelCache:
 
     def _adopt(self, path: Path, digest: str) -> Path:
         """Move a checked download into its content-addressed place."""
-        folder = self.store.root / "wheels" / digest.removeprefix("sha256:")
-        staging = Path(tempfile.mkdtemp(prefix="adopt-", dir=self.store.root / "tmp"))
+        folder = Path(self.store.layout.wheel_dir(digest))
+        staging = Path(tempfile.mkdtemp(prefix="adopt-", dir=self.store.tmp))
         os.replace(path, staging / path.name)
         if not publish_dir(staging, folder):
             remove_tree(staging)
@@ -160,8 +160,8 @@ class WheelCache:
 
     def _built_wheel(self, sdist: Path, digest: str) -> tuple[Path, str]:
         """The wheel built from `sdist` for this interpreter, built once and then reused."""
-        key = f"{digest.removeprefix('sha256:')}-{self.interp.abi}-{self.interp.platform}"
-        folder = self.store.root / "built" / key
+        folder = Path(self.store.layout.built_dir(digest, self.interp.abi,
+                                                  self.interp.platform))
         record = folder / "wheel.sha256"
         if record.exists():
             wheel_digest, _, name = record.read_text().partition(" ")
@@ -172,7 +172,7 @@ class WheelCache:
                         sdist.name)
             remove_tree(folder)
         self.progress(f"building a wheel from {sdist.name}")
-        staging = Path(tempfile.mkdtemp(prefix="wheel-", dir=self.store.root / "tmp"))
+        staging = Path(tempfile.mkdtemp(prefix="wheel-", dir=self.store.tmp))
         try:
             index = ["--no-index"] if self.offline else self._index_args()
             run_tool(self._pip("wheel", "--no-deps", "--progress-bar", "off", "--wheel-dir",

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pkgindex import LocalIndex, build_index
 from typer.testing import CliRunner
 
 from envbuild.cli import app
-from pkgindex import LocalIndex, build_index
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DEPS = ["beta[fast]", "sdistonly", "delta", "pthpkg"]

@@ -16,6 +16,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import cli, copy_env, envbuild, write_recipe
@@ -44,10 +45,11 @@ def lock(recipe: Path) -> Path:
 
 
 def build_json(recipe: Path, store: Path, *args: str | Path,
-               env: dict[str, str] | None = None) -> dict:
+               env: dict[str, str] | None = None) -> dict[str, Any]:
     res = envbuild("build", recipe, "--store", store, "--json", *args, env=env)
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    info: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return info
 
 
 def verify_full(env: Path | str) -> None:
@@ -438,17 +440,19 @@ def test_env_is_relocatable(locked: Path, tmp_path: Path, store_name: str) -> No
 
     moved = copy_env(env, tmp_path / "elsewhere" / "copy")
     store.rename(tmp_path / "store-gone")     # nothing may reach back into the original
-    run = dict(cwd=tmp_path, capture_output=True, text=True, env=clean_env("PYTHONPATH"))
-    out = subprocess.run([moved / "bin" / "alpha"], **run)
+    def run(argv: list[str | Path]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                              env=clean_env("PYTHONPATH"))
+
+    out = run([moved / "bin" / "alpha"])
     assert (out.returncode, out.stdout) == (0, "alpha 2.0\n"), out.stderr
-    out = subprocess.run([moved / "bin" / "sdistonly"], **run)
+    out = run([moved / "bin" / "sdistonly"])
     assert (out.returncode, out.stdout) == (0, "sdistonly 1.0\n"), out.stderr
-    out = subprocess.run([moved / "bin" / "python", "-c",
-                          "import beta, gamma, pthmod, sys; print(sys.prefix)"], **run)
+    out = run([moved / "bin" / "python", "-c",
+               "import beta, gamma, pthmod, sys; print(sys.prefix)"])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(moved)
-    out = subprocess.run(["bash", "-c", f'. "{moved}/bin/activate" && echo "$VIRTUAL_ENV"'],
-                         **run)
+    out = run(["bash", "-c", f'. "{moved}/bin/activate" && echo "$VIRTUAL_ENV"'])
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve() == moved.resolve()
     verify_full(moved)

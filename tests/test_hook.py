@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import Built, cli, copy_env, envbuild, make_writable, write_recipe
 from pkgindex import LocalIndex
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from envbuild import hostreq
-from envbuild.hostreq import HostNeeds, host_glibc, missing_libraries, scan, version_tuple
+from envbuild.hostlibs import host_glibc, missing_libraries, version_tuple
+from envbuild.hostreq import HostNeeds, scan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,40 +150,3 @@ def test_scan_real_python_extensions(tmp_path: Path) -> None:
     host = host_glibc()
     assert host is not None and version_tuple(host) >= version_tuple(needs.glibc)
     assert missing_libraries(needs.libraries) == []
-
-
-def test_missing_libraries() -> None:
-    assert missing_libraries(["libc.so.6", "libdoesnotexist.so.9"]) == ["libdoesnotexist.so.9"]
-    assert missing_libraries([]) == []
-
-
-def test_missing_libraries_honours_ld_library_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "libdoesnotexist.so.9").write_bytes(b"")
-    monkeypatch.setenv("LD_LIBRARY_PATH", f"/nonexistent:{tmp_path}")
-    assert missing_libraries(["libdoesnotexist.so.9"]) == []
-
-
-def test_version_tuple_compares_numerically() -> None:
-    assert version_tuple("2.17") > version_tuple("2.9")
-    assert version_tuple("2.2.5") < version_tuple("2.3")
-    assert max(["2.9", "2.17", "2.2.5"], key=version_tuple) == "2.17"
-
-
-def test_launch_side_does_not_import_elftools() -> None:
-    code = (
-        "import sys, envbuild.hostreq as h; h.host_glibc(); h.missing_libraries(['x']); "
-        "assert 'elftools' not in sys.modules, 'elftools imported'"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
-    assert hostreq.host_glibc() == host_glibc()
-
-
-def test_ld_so_conf_follows_include_globs_without_looping(tmp_path: Path) -> None:
-    (tmp_path / "conf.d").mkdir()
-    (tmp_path / "ld.so.conf").write_text("include conf.d/*.conf\n/opt/a/lib # comment\n")
-    (tmp_path / "conf.d/b.conf").write_text(f"/opt/b/lib\ninclude {tmp_path}/ld.so.conf\n")
-    (tmp_path / "conf.d/c.conf").write_text("# only a comment\n/opt/c/lib:/opt/d/lib\n")
-    dirs = hostreq._ld_so_conf_dirs(str(tmp_path / "ld.so.conf"), set())
-    assert dirs == ["/opt/b/lib", "/opt/c/lib", "/opt/d/lib", "/opt/a/lib"]

@@ -14,12 +14,19 @@ import threading
 from collections.abc import Iterator
 from importlib.metadata import version as dist_version
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import cli, envbuild, write_recipe
 from pkgindex import LocalIndex, build_index, clean_pip_env, write_wheel
 
 from envbuild.lock import redact_url
+from envbuild.recipe import meaning_digest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -129,7 +136,7 @@ def test_every_requirement_is_pinned_and_hashed(tmp_path: Path, index: LocalInde
 def test_header_records_inputs(tmp_path: Path, index: LocalIndex) -> None:
     recipe = write_recipe(tmp_path, index, deps=["alpha"])
     h = header(lock(recipe))
-    assert h["recipe"] == "sha256:" + hashlib.sha256(recipe.read_bytes()).hexdigest()
+    assert h["recipe"] == meaning_digest(tomllib.loads(recipe.read_text()))
     assert h["resolver"] == f"pip-tools {dist_version('pip-tools')}"
     assert h["python"].split()[0] == PY == "3.11"
     assert h["index-url"] == index.simple_url
@@ -210,10 +217,11 @@ def private_index(index: LocalIndex) -> Iterator[tuple[str, type[_Handler]]]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     handler = type("H", (_Handler,), {"expected_auth": f"Basic {token}", "seen": []})
 
-    def make(*args: object, **kwargs: object) -> _Handler:
-        return handler(*args, directory=str(index.root), **kwargs)  # type: ignore[arg-type]
+    def make(*args: Any, **kwargs: Any) -> _Handler:
+        made: _Handler = handler(*args, directory=str(index.root), **kwargs)
+        return made
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)  # type: ignore[arg-type]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -277,6 +285,32 @@ def test_check_fresh_stale_missing(tmp_path: Path, index: LocalIndex) -> None:
 
     lock(recipe)
     assert cli("lock", "--check", recipe).exit_code == 0
+
+
+def test_check_ignores_comments_and_key_order(tmp_path: Path, index: LocalIndex) -> None:
+    recipe = write_recipe(tmp_path, index, deps=["alpha"])
+    lock(recipe)
+    lines = recipe.read_text().splitlines()
+    recipe.write_text("# reordered, commented\n" + "\n".join([lines[1], lines[0], *lines[2:]])
+                      + "\n# the end\n")
+    assert cli("lock", "--check", recipe).exit_code == 0
+
+
+def test_check_accepts_a_lock_stamped_with_the_bytes_digest(tmp_path: Path,
+                                                            index: LocalIndex) -> None:
+    """Locks made before the digest was taken by meaning record the file's bytes' digest:
+    still fresh while the bytes are the same, stale (re-lock) once they change."""
+    recipe = write_recipe(tmp_path, index, deps=["alpha"])
+    text = lock(recipe)
+    by_meaning = header(text)["recipe"]
+    by_bytes = "sha256:" + hashlib.sha256(recipe.read_bytes()).hexdigest()
+    assert by_meaning != by_bytes
+    recipe.with_suffix(".lock").write_text(text.replace(by_meaning, by_bytes))
+    assert cli("lock", "--check", recipe).exit_code == 0
+    recipe.write_text(recipe.read_text() + "# a comment\n")
+    res = cli("lock", "--check", recipe)
+    assert res.exit_code == 1
+    assert "stale" in res.stderr
 
 
 def test_check_resolves_nothing(tmp_path: Path) -> None:

@@ -205,3 +205,65 @@ def test_distribution_names_are_pep503_normalized(odd_name_env: Path) -> None:
     assert set(by_name) == {"zeta-pkg-name", "gamma"}
     assert by_name["zeta-pkg-name"]["artifact"] == "Zeta_Pkg_Name-1.0-py3-none-any.whl"
     assert cli("verify", odd_name_env, "--level", "full").exit_code == 0
+
+
+# ---- the model ---------------------------------------------------------------------------
+
+
+def test_the_model_reads_back_byte_for_byte(built: Built) -> None:
+    from envbuild.manifest import read_manifest
+
+    data = (built.env / "envbuild-manifest.json").read_bytes()
+    model = read_manifest(built.env)
+    assert model.to_bytes() == data
+    assert model.digest == built.digest
+    assert model.name == "demo"
+    assert {d.name for d in model.distributions} >= {"beta", "sdistonly", "delta"}
+    assert model.interpreter.path == os.path.realpath(sys.executable)
+
+
+def _tampered(built: Built, tmp_path: Path, change: Any) -> Path:
+    env = tmp_path / "env"
+    env.mkdir()
+    raw = json.loads((built.env / "envbuild-manifest.json").read_bytes())
+    change(raw)
+    (env / "envbuild-manifest.json").write_text(json.dumps(raw))
+    return env
+
+
+def test_a_newer_schema_is_refused_with_a_way_out(built: Built, tmp_path: Path) -> None:
+    from envbuild.errors import ManifestError
+    from envbuild.manifest import read_manifest
+
+    env = _tampered(built, tmp_path, lambda m: m.update(schema="envbuild.manifest/2"))
+    with pytest.raises(ManifestError, match="newer than 'envbuild.manifest/1'.*upgrade envbuild"):
+        read_manifest(env)
+
+
+def test_every_problem_is_named_at_once(built: Built, tmp_path: Path) -> None:
+    from envbuild.errors import ManifestError
+    from envbuild.manifest import read_manifest
+
+    def change(m: dict[str, Any]) -> None:
+        del m["tree_digest"]
+        del m["interpreter"]["sha256"]
+        m["distributions"] = [{"name": "x"}]
+
+    with pytest.raises(ManifestError) as info:
+        read_manifest(_tampered(built, tmp_path, change))
+    message = str(info.value)
+    assert "tree_digest: expected str, found nothing" in message
+    assert "interpreter.sha256: expected a value, found none" in message
+    assert "distributions[0]: expected name, version, artifact and sha256" in message
+
+
+def test_not_json_and_not_ours(tmp_path: Path) -> None:
+    from envbuild.errors import ManifestError
+    from envbuild.manifest import read_manifest
+
+    (tmp_path / "envbuild-manifest.json").write_bytes(b"\xff not json")
+    with pytest.raises(ManifestError, match="expected a JSON manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "envbuild-manifest.json").write_text('{"schema": "other/1"}')
+    with pytest.raises(ManifestError, match="not an envbuild manifest"):
+        read_manifest(tmp_path)

@@ -4,6 +4,7 @@ and what a valid recipe parses to."""
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,12 @@ from packaging.specifiers import SpecifierSet
 from pkgindex import LocalIndex
 
 from envbuild.errors import RecipeError
-from envbuild.recipe import ALWAYS_UNSET, PYPI_SIMPLE, load_recipe
+from envbuild.recipe import ALWAYS_UNSET, PYPI_SIMPLE, load_recipe, meaning_digest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ALWAYS = {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE"}
 
@@ -230,7 +236,8 @@ def test_valid_recipe_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     r = load_recipe(Path("../project/analysis.toml"))
     assert r.path == recipe_path.resolve()
     assert r.lock_path == recipe_path.resolve().with_name("analysis.lock")
-    assert r.digest == "sha256:" + hashlib.sha256(FULL.encode()).hexdigest()
+    assert r.bytes_digest == "sha256:" + hashlib.sha256(FULL.encode()).hexdigest()
+    assert r.digest == meaning_digest(tomllib.loads(FULL))
     assert r.name == "analysis.v2_x"
     assert r.requires_python == SpecifierSet(">=3.11,<3.12")
     assert r.dependencies == ("numpy>=1.26", "requests[socks]>=2.31",
@@ -281,3 +288,28 @@ def test_always_unset_even_when_recipe_lists_others(tmp_path: Path) -> None:
     assert set(ALWAYS_UNSET) == ALWAYS
     contract = load_recipe(path).environment.to_json()
     assert set(contract["unset"]) >= ALWAYS
+
+
+def test_digest_is_of_the_meaning_not_the_bytes(tmp_path: Path) -> None:
+    """Comments, whitespace, quoting and key order never stale a lock; values do."""
+    plain = tmp_path / "a.toml"
+    plain.write_text('name = "demo"\nrequires-python = ">=3.9"\ndependencies = ["alpha"]\n'
+                     '[environment]\nset = { A = "1", B = "2" }\n')
+    noisy = tmp_path / "b.toml"
+    noisy.write_text("# a comment\n\ndependencies = [ 'alpha' ,]   # trailing\n"
+                     "'name' = \"demo\"\nrequires-python = '>=3.9'\n\n"
+                     "[environment]\nset.B = '2'\nset.A = '1'\n")
+    assert load_recipe(plain).digest == load_recipe(noisy).digest
+    assert load_recipe(plain).bytes_digest != load_recipe(noisy).bytes_digest
+    changed = tmp_path / "c.toml"
+    changed.write_text(plain.read_text().replace('B = "2"', 'B = "3"'))
+    assert load_recipe(changed).digest != load_recipe(plain).digest
+
+
+def test_digest_is_taken_before_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text('name = "demo"\nrequires-python = ">=3.9"\ndependencies = ["alpha"]\n')
+    before = load_recipe(path).digest
+    monkeypatch.setenv("ENVBUILD_INDEX_URL", "https://elsewhere.example/simple")
+    assert load_recipe(path).digest == before

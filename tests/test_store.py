@@ -29,11 +29,13 @@ HOLDER = r"""
 import json, os, sys
 from pathlib import Path
 from envbuild import store
+from envbuild.fsutil import atomic_write
 if len(sys.argv) > 3:
     store.REFRESH_SECONDS = float(sys.argv[3])
 lock, marker = Path(sys.argv[1]), Path(sys.argv[2])
 with store.exclusive(lock, poll=0.02):
-    marker.write_text(json.dumps({"pid": os.getpid(), "lock": json.loads(lock.read_text())}))
+    # whole or absent: the test reads the marker as soon as it exists
+    atomic_write(marker, json.dumps({"pid": os.getpid(), "lock": json.loads(lock.read_text())}))
     sys.stdin.read()
 """
 

@@ -13,8 +13,8 @@ import hashlib
 import json
 import os
 import shlex
-import stat
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig

@@ -1,0 +1,178 @@
+"""Where things live: inside an env, in a store, in a staging root, in the per-user cache.
+
+The one module that knows these paths. Stdlib only and light to import (no pathlib, which
+pulls in `re`): the launch path finds run-record files and staging roots through it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# ---- inside an env -----------------------------------------------------------------------
+
+MANIFEST = "envbuild-manifest.json"
+META = ".envbuild"                          # sidecars, outside the tree digest
+QUICK = META + "/quick"
+FILES = META + "/files"
+PROVENANCE = META + "/provenance.json"
+LAUNCH_DIR = "lib/envbuild-launch"          # the guard's sys.path entry
+LAUNCH_PKG = LAUNCH_DIR + "/envbuild"
+GUARD = "bin/envbuild-guard"
+
+# ---- the per-user cache ------------------------------------------------------------------
+
+
+def user_cache_root() -> str:
+    """`platformdirs.user_cache_dir("envbuild")`, computed without importing it on Linux
+    (a test holds the two equal); platformdirs itself elsewhere, where it is installed."""
+    if not sys.platform.startswith("linux"):
+        try:
+            import platformdirs
+
+            return str(platformdirs.user_cache_dir("envbuild"))
+        except ImportError:
+            pass
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if not base:
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "envbuild")
+
+
+def host_cache_dir() -> str:
+    """The per-host answers a launch keeps (interpreter hashes, library checks): per user,
+    per host, since a home directory is often shared by every node."""
+    return os.path.join(user_cache_root(), "hosts", os.uname().nodename)
+
+
+# ---- a store -----------------------------------------------------------------------------
+
+
+def store_root(explicit: str | os.PathLike[str] | None = None) -> str:
+    """Where the store is: `explicit` (--store), else $ENVBUILD_STORE, else the per-user
+    cache dir. Absolute, `~` expanded; nothing is created."""
+    chosen = os.fspath(explicit) if explicit is not None else ""
+    if not chosen:
+        chosen = os.environ.get("ENVBUILD_STORE", "") or user_cache_root()
+    return os.path.abspath(os.path.expanduser(chosen))
+
+
+def short_key(env_key: str) -> str:
+    """The first 16 hex digits of an env key: the part in an env's directory name."""
+    return env_key[7:23] if env_key.startswith("sha256:") else env_key[:16]
+
+
+class StoreLayout:
+    """The paths of one store. Nothing here touches the disk."""
+
+    SUBDIRS = ("wheels", "built", "pycs", "envs", "locks", "runs", "tmp")
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.wheels, self.built, self.pycs, self.envs, self.locks, self.runs, self.tmp = (
+            os.path.join(root, sub) for sub in self.SUBDIRS)
+
+    def wheel_dir(self, sha256: str) -> str:
+        """Every artifact under its own hash: `wheels/<hex>/FILE`."""
+        return os.path.join(self.wheels, _hex(sha256))
+
+    def built_dir(self, sdist_sha256: str, abi: str, platform: str) -> str:
+        """The wheel built from an sdist, once per interpreter ABI and platform."""
+        return os.path.join(self.built, f"{_hex(sdist_sha256)}-{abi}-{platform}")
+
+    def pyc_dir(self, wheel_sha256: str, abi: str, version: str) -> str:
+        """One wheel's compiled pycs, for the next build that installs it."""
+        return os.path.join(self.pycs, f"{_hex(wheel_sha256)}-{abi}-{version}")
+
+    def env_dir(self, name: str, env_key: str) -> str:
+        return os.path.join(self.envs, f"{name}-{short_key(env_key)}")
+
+    def tmp_env_prefix(self, name: str, env_key: str) -> str:
+        """The name prefix of a build in progress, in `envs/` (renamed into place when done)."""
+        return f".tmp-{name}-{short_key(env_key)}-"
+
+    def build_lock(self, name: str, env_key: str) -> str:
+        return os.path.join(self.locks, f"{name}-{short_key(env_key)}.lock")
+
+    def runlog(self, host: str) -> str:
+        """One run-record file per host: appends are not atomic across NFS clients."""
+        return os.path.join(self.runs, host + ".jsonl")
+
+
+def store_of_env(env: str) -> str | None:
+    """The store an env was built in, recognized by its layout (`X/envs/<env>` with
+    `X/wheels` and `X/locks` beside it: `envs/` and `runs/` alone are a common project
+    layout), or None."""
+    envs = os.path.dirname(os.path.abspath(env))
+    root = os.path.dirname(envs)
+    if os.path.basename(envs) != "envs":
+        return None
+    if os.path.isdir(os.path.join(root, "wheels")) and os.path.isdir(os.path.join(root, "locks")):
+        return root
+    return None
+
+
+def runlog_path(env: str | None = None) -> str:
+    """$ENVBUILD_RUNLOG; else `runs/<host>.jsonl` in $ENVBUILD_STORE, or in the store `env`
+    was built in if this user can write its `runs/`, or in the per-user store."""
+    explicit = os.environ.get("ENVBUILD_RUNLOG")
+    if explicit:
+        return explicit
+    store = os.environ.get("ENVBUILD_STORE")
+    if not store and env:
+        own = store_of_env(env)
+        if own is not None and os.access(os.path.join(own, "runs"), os.W_OK):
+            store = own
+    return StoreLayout(store_root(store or None)).runlog(os.uname().nodename)
+
+
+# ---- a staging root ----------------------------------------------------------------------
+
+VERSIONS = ".envs"
+
+
+class StagingLayout:
+    """The paths of one shared-disk staging root: each version read-only under `.envs/`,
+    its archive beside it, a pointer per name, leases that runs leave for gc."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.versions = os.path.join(root, VERSIONS)
+        self.leases = os.path.join(root, ".leases")
+        self.history = os.path.join(root, ".history")
+        self.locks = os.path.join(root, ".locks")
+        self.trash = os.path.join(root, ".trash")
+        self.tmp = os.path.join(root, ".tmp")
+
+    def version_dir(self, name: str, env_key: str) -> str:
+        return os.path.join(self.versions, f"{name}-{short_key(env_key)}")
+
+    def archive(self, name: str, env_key: str) -> str:
+        return self.version_dir(name, env_key) + ".tar"
+
+    def pointer(self, name: str) -> str:
+        """The relative symlink people and scripts use: `ROOT/<name>`."""
+        return os.path.join(self.root, name)
+
+    def current(self, name: str) -> str:
+        """The small file a launch opens fresh to find the current version (a symlink's
+        target may be cached by a network file system's client)."""
+        return os.path.join(self.history, name + ".current")
+
+    def history_file(self, name: str) -> str:
+        return os.path.join(self.history, name + ".json")
+
+    def lease(self, version: str, host: str) -> str:
+        return os.path.join(self.leases, version, host)
+
+
+def staging_root_of(env: str) -> str | None:
+    """The staging root a published version lives in (`ROOT/.envs/<name>-<key>`), or None."""
+    versions = os.path.dirname(os.path.abspath(env))
+    if os.path.basename(versions) != VERSIONS:
+        return None
+    return os.path.dirname(versions)
+
+
+def _hex(digest: str) -> str:
+    return digest[7:] if digest.startswith("sha256:") else digest

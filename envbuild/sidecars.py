@@ -1,0 +1,96 @@
+"""The line-oriented sidecars in `ENV/.envbuild/`: written by the build, read by every
+launch instead of the JSON manifest. Stdlib only and light to import.
+
+- `quick`: what a launch checks (interpreter, site-packages entries, host needs, the
+  environment contract), one tab-separated record per line; the manifest records its digest.
+- `files`: one line per file (`f|l`, mode, size, sha256, path), sorted; its digest *is*
+  the manifest's `tree_digest`, so it cannot be edited to hide a change.
+
+`walk` is the tree both describe: everything under the env but the manifest and `.envbuild/`;
+`read_manifest_bytes` is how both sides find the manifest they are bound to.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .errors import NotAnEnvError
+from .layout import MANIFEST, META
+from .names import escape, unescape
+
+QUICK_SCHEMA = "envbuild.quick/1"
+FILES_SCHEMA = "envbuild.files/1"
+
+
+
+def read_quick(text: str) -> dict[str, list[list[str]]]:
+    """The quick sidecar as {record kind: [fields, ...]} (tab-separated, escaped)."""
+    lines = text.split("\n")
+    if lines[0] != QUICK_SCHEMA:
+        raise ValueError(f"expected {QUICK_SCHEMA}, found {lines[0][:40]!r}")
+    out: dict[str, list[list[str]]] = {}
+    for line in lines[1:]:
+        if line:
+            kind, *fields = line.split("\t")
+            out.setdefault(kind, []).append([unescape(f) for f in fields])
+    return out
+
+
+def format_quick(records: list[tuple[str, ...]]) -> str:
+    return QUICK_SCHEMA + "\n" + "".join(
+        "\t".join(escape(f) for f in rec) + "\n" for rec in records)
+
+
+def files_line(kind: str, mode: int, size: int, digest_hex: str, relpath: str) -> str:
+    return f"{kind}\t{mode:04o}\t{size}\t{digest_hex}\t{escape(relpath)}\n"
+
+
+def read_files(text: str) -> dict[str, tuple[str, int, int, str]]:
+    """The files sidecar as {relpath: (kind 'f' or 'l', mode, size, sha256 hex)}."""
+    lines = text.split("\n")
+    if lines[0] != FILES_SCHEMA:
+        raise ValueError(f"expected {FILES_SCHEMA}, found {lines[0][:40]!r}")
+    out: dict[str, tuple[str, int, int, str]] = {}
+    for line in lines[1:]:
+        if line:
+            kind, mode, size, digest, path = line.split("\t")
+            out[unescape(path)] = (kind, int(mode, 8), int(size), digest)
+    return out
+
+
+def walk(env: str, errors: list[tuple[str, str]] | None = None) -> dict[str, os.stat_result]:
+    """Every path under env (relative POSIX) with its lstat, outside the manifest and META.
+    With `errors`, a directory that cannot be read is appended as (relpath, why) instead of
+    raising."""
+    out: dict[str, os.stat_result] = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(os.path.join(env, rel) if rel else env) as it:
+                for entry in it:
+                    sub = f"{rel}/{entry.name}" if rel else entry.name
+                    if not rel and entry.name in (MANIFEST, META):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    out[sub] = st
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(sub)
+        except OSError as exc:
+            if errors is None:
+                raise
+            errors.append((rel or ".", exc.strerror or str(exc)))
+    return out
+
+
+def read_manifest_bytes(env: str) -> bytes:
+    """The manifest's bytes, or NotAnEnvError saying what to do."""
+    try:
+        with open(os.path.join(env, MANIFEST), "rb") as fh:
+            return fh.read()
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotAnEnvError(f"{env}: not an envbuild env: expected {MANIFEST}, found none; "
+                            "build one with `envbuild build RECIPE`") from None
+    except OSError as exc:
+        raise NotAnEnvError(f"{env}: cannot read {MANIFEST}: {exc.strerror}") from None
