@@ -116,7 +116,7 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     install_launcher(tmp, interp)
     _relocate(tmp, interp)
     progress("compiling bytecode")
-    compile_env(tmp, interp.site, [tmp / LAUNCH_DIR], artifacts, interp, store)
+    compile_env(tmp, interp.site, tmp / LAUNCH_DIR, artifacts, interp, store)
     if recipe.launch_hook:
         (tmp / interp.site / HOOK_PTH).write_text(hook_line())
     _normalize_files(tmp)

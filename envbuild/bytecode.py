@@ -20,13 +20,17 @@ from .wheelcache import Artifact
 
 log = logging.getLogger(__name__)
 
-# Runs in the env's own interpreter: compiles the files named on stdin, in parallel.
+# Runs in the env's own interpreter: compiles the files named on stdin, in parallel; a line
+# is "C path" (checked-hash pyc) or "U path" (unchecked-hash).
 _COMPILE = r"""
-import compileall, functools, py_compile, sys
+import compileall, py_compile, sys
 from concurrent.futures import ProcessPoolExecutor
+MODES = {"C": py_compile.PycInvalidationMode.CHECKED_HASH,
+         "U": py_compile.PycInvalidationMode.UNCHECKED_HASH}
+def one(line):
+    return compileall.compile_file(line[2:], quiet=2, stripdir=sys.argv[1],
+                                   invalidation_mode=MODES[line[0]])
 files = sys.stdin.read().splitlines()
-one = functools.partial(compileall.compile_file, quiet=2, stripdir=sys.argv[1],
-                        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
 if files:
     with ProcessPoolExecutor() as pool:
         ok = all(pool.map(one, files, chunksize=max(1, len(files) // 64)))
@@ -34,10 +38,15 @@ if files:
 """
 
 
-def compile_env(root: Path, site: str, extra: list[Path], artifacts: list[Artifact],
+def compile_env(root: Path, site: str, launch_code: Path, artifacts: list[Artifact],
                 interp: Interpreter, store: Store) -> None:
-    """Give every .py in site-packages (and in `extra` dirs) its pyc, from the store's pyc
-    cache where a wheel's pycs are there, compiling the rest and caching them per wheel."""
+    """Give every .py in site-packages its checked-hash pyc, from the store's pyc cache
+    where a wheel's pycs are there, compiling the rest and caching them per wheel.
+
+    The launch code (`launch_code`) gets unchecked-hash pycs: it runs at every launch
+    before the check has finished, and Python would otherwise read and hash each of its
+    sources first. The quick level checks those pycs' owners and modes; files and full,
+    their bytes and their sources'."""
     site_dir = root / site
     fresh: list[tuple[Artifact, list[str]]] = []
     for art in artifacts:
@@ -47,8 +56,8 @@ def compile_env(root: Path, site: str, extra: list[Path], artifacts: list[Artifa
             _copy_into(cached, site_dir)
         else:
             fresh.append((art, sources))
-    todo = [str(p) for d in [site_dir, *extra] for p in d.rglob("*.py")
-            if not _pyc(p, interp.cache_tag).exists()]
+    todo = [f"{mode} {p}" for mode, d in (("C", site_dir), ("U", launch_code))
+            for p in d.rglob("*.py") if not _pyc(p, interp.cache_tag).exists()]
     run_tool([str(root / "bin" / "python"), "-s", "-c", _COMPILE, str(root)],
              env=hermetic_env({"PYTHONHASHSEED": "0"}), input="\n".join(todo))
     for art, sources in fresh:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from .cmdline import RUN_USAGE, VERIFY_USAGE, parse
 from .errors import report
-from .launch import launch
+from .launch import RUN_USAGE, VERIFY_USAGE, launch, parse
 from .verify import verify
 
 

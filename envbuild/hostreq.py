@@ -1,7 +1,7 @@
 """What an environment's ELF files need from the host machine and do not ship.
 
 `scan` runs at build time and needs pyelftools (imported inside it); the launch side's view
-of the host (`hostlibs`) is stdlib only.
+of the host (`host`) is stdlib only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .hostlibs import version_tuple
+from .host import version_tuple
 
 _ELF_MAGIC = b"\x7fELF"
 # GLIBC_PRIVATE and GLIBC_ABI_* are not orderable releases; only numeric ones bound the host.

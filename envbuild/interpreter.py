@@ -15,7 +15,7 @@ from packaging import tags
 
 from .errors import InputError
 from .hashing import file_digest
-from .hostcache import cached, interpreter_digest, remember
+from .host import cached, interpreter_digest, remember
 from .proc import hermetic_env, run_tool
 
 # Run inside the target interpreter, which may be any CPython >= 3.9 with no packages.

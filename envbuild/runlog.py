@@ -8,7 +8,7 @@ import sys
 import time
 
 from .layout import runlog_path
-from .verify_report import Report
+from .verify import Report
 
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 
@@ -115,6 +115,9 @@ _ESC = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _json_str(s: str) -> str:
+    # most values need no escape: printable excludes control characters and surrogates
+    if s.isprintable() and '"' not in s and "\\" not in s:
+        return '"' + s + '"'
     out = []
     for ch in s:
         if ch in _ESC:

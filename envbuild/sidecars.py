@@ -6,6 +6,9 @@ launch instead of the JSON manifest. Stdlib only and light to import.
 - `files`: one line per file (`f|l`, mode, size, sha256, path), sorted; its digest *is*
   the manifest's `tree_digest`, so it cannot be edited to hide a change.
 
+Here too are the launch path's small readers (PEP 503 names, dist-info dir names): everywhere
+else `packaging` does this, and a test checks these against it on the same inputs.
+
 `walk` is the tree both describe: everything under the env but the manifest and `.envbuild/`;
 `read_manifest_bytes` is how both sides find the manifest they are bound to.
 """
@@ -17,11 +20,54 @@ import stat
 
 from .errors import NotAnEnvError
 from .layout import MANIFEST, META
-from .names import escape, unescape
 
 QUICK_SCHEMA = "envbuild.quick/1"
 FILES_SCHEMA = "envbuild.files/1"
 
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalized project name (without `re`, which costs milliseconds to import)."""
+    out: list[str] = []
+    for ch in name.lower():
+        if ch in "-_.":
+            if not out or out[-1] != "-":
+                out.append("-")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def parse_dist_info(dirname: str) -> tuple[str, str] | None:
+    """(normalized name, version) from `name-version.dist-info`, None for anything else.
+
+    Dist-info names escape '-' in the project name to '_', so the first '-' splits them.
+    """
+    if not dirname.endswith(".dist-info"):
+        return None
+    name, sep, version = dirname[: -len(".dist-info")].partition("-")
+    if not sep or not name or not version:
+        return None
+    return normalize(name), version
+
+
+def escape(value: str) -> str:
+    """One field of a tab-separated sidecar line: backslash, tab and newline escaped."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    out: list[str] = []
+    chars = iter(value)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            out.append({"t": "\t", "n": "\n"}.get(nxt, nxt))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def read_quick(text: str) -> dict[str, list[list[str]]]:

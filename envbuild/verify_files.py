@@ -10,7 +10,7 @@ import stat
 from .hashing import sha256
 from .layout import FILES
 from .sidecars import FILES_SCHEMA, read_files, walk
-from .verify_report import WRITABLE, Difference, bound_sidecar, owner_mode_diff
+from .verify import WRITABLE, Difference, bound_sidecar, owner_mode_diff
 
 
 def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],

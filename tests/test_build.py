@@ -109,6 +109,7 @@ def clean_env(*drop: str) -> dict[str, str]:
 # ---- output, key, cache hit -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_build_prints_path_and_json_and_second_build_is_a_cache_hit(
         locked: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
@@ -204,6 +205,7 @@ def test_lock_made_for_another_python_is_refused(index: LocalIndex, tmp_path: Pa
     assert not store.exists()
 
 
+@pytest.mark.slow
 def test_sdist_is_built_into_a_wheel_once_per_store(locked: Path, index: LocalIndex,
                                                     tmp_path: Path) -> None:
     """Another recipe that needs the same sdist reuses the wheel built from it."""
@@ -259,6 +261,7 @@ class _FlakyIndex:
         self.server.server_close()
 
 
+@pytest.mark.slow
 def test_download_survives_a_connection_that_keeps_failing(index: LocalIndex,
                                                            tmp_path: Path) -> None:
     """pip retries each request 5 times; a build whose download still fails on connection
@@ -308,6 +311,7 @@ def _corrupt(path: Path, data: bytes | None = None) -> None:
     path.write_bytes(data)
 
 
+@pytest.mark.slow
 def test_corrupt_cached_wheel_is_refetched_never_installed(index: LocalIndex,
                                                            tmp_path: Path) -> None:
     first = write_recipe(tmp_path / "a", index)
@@ -343,6 +347,7 @@ def test_corrupt_cached_wheel_is_refetched_never_installed(index: LocalIndex,
     assert (site / "alpha" / "__init__.py").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_corrupt_cached_wheel_offline_is_refused(index: LocalIndex, tmp_path: Path) -> None:
     first = write_recipe(tmp_path / "a", index)
     hashes = lock_hashes(lock(first))
@@ -385,6 +390,7 @@ def test_store_that_is_a_file_is_bad_input(locked: Path, tmp_path: Path) -> None
     assert path.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_one_lock_two_stores_same_bytes(locked: Path, tmp_path: Path) -> None:
     one = build_json(locked, tmp_path / "one")
     two = build_json(locked, tmp_path / "two")
@@ -411,6 +417,7 @@ def test_one_lock_two_stores_same_bytes(locked: Path, tmp_path: Path) -> None:
     # over 127 bytes or holds a space: such a store must give the same relocatable env
     "a store with spaces/" + "deep" * 30,
 ], ids=["short-path", "long-path-with-spaces"])
+@pytest.mark.slow
 def test_env_is_relocatable(locked: Path, tmp_path: Path, store_name: str) -> None:
     store = tmp_path / store_name
     env = Path(build_json(locked, store)["path"])
@@ -458,6 +465,7 @@ def test_env_is_relocatable(locked: Path, tmp_path: Path, store_name: str) -> No
     verify_full(moved)
 
 
+@pytest.mark.slow
 def test_env_is_read_only(locked: Path, tmp_path: Path) -> None:
     env = Path(build_json(locked, tmp_path / "store")["path"])
     checked = 0
@@ -474,6 +482,7 @@ def test_env_is_read_only(locked: Path, tmp_path: Path) -> None:
     assert checked > 50
 
 
+@pytest.mark.slow
 def test_bytecode_is_precompiled_and_nothing_is_written_at_run(locked: Path,
                                                                tmp_path: Path) -> None:
     env = Path(build_json(locked, tmp_path / "store")["path"])
@@ -506,6 +515,7 @@ def test_bytecode_is_precompiled_and_nothing_is_written_at_run(locked: Path,
 # ---- interpreters ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_other_interpreter_builds_another_env(locked: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     default = build_json(locked, store)
@@ -536,6 +546,7 @@ def test_nonexistent_interpreter_is_bad_input(locked: Path, tmp_path: Path) -> N
 # ---- concurrency ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_concurrent_builders_build_once(locked: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     procs = [subprocess.Popen([sys.executable, "-m", "envbuild", "build", str(locked),
@@ -614,6 +625,7 @@ def _group_alive(pgid: int) -> list[int]:
     ("sdist-built", "group"), ("tmp-env", "process"), ("installed", "group"),
     ("compiled", "process"), ("sealing", "group"),
 ])
+@pytest.mark.slow
 def test_kill_9_leaves_no_half_env(locked: Path, tmp_path: Path, milestone: str,
                                    scope: str) -> None:
     store = tmp_path / "store"
@@ -653,6 +665,7 @@ def test_kill_9_leaves_no_half_env(locked: Path, tmp_path: Path, milestone: str,
 # ---- ambient pip configuration --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ambient_pip_configuration_changes_nothing(locked: Path, tmp_path: Path) -> None:
     plain = build_json(locked, tmp_path / "plain", env=clean_env(
         *[k for k in os.environ if k.startswith("PIP_")]))
@@ -678,6 +691,7 @@ def test_ambient_pip_configuration_changes_nothing(locked: Path, tmp_path: Path)
 
 
 
+@pytest.mark.slow
 def test_second_build_copies_each_wheels_pycs_from_the_store(tmp_path: Path,
                                                              index: LocalIndex) -> None:
     """A wheel's pycs are compiled once per store and copied by later builds."""
@@ -711,3 +725,19 @@ def test_second_build_copies_each_wheels_pycs_from_the_store(tmp_path: Path,
         shutil.copytree(second_store / sub, third_store / sub)
     third = json.loads(cli("build", recipe, "--store", third_store, "--json").stdout)
     assert third["manifest_digest"] == first["manifest_digest"]
+
+
+@pytest.mark.slow
+def test_launch_code_has_unchecked_pycs_site_packages_checked(locked: Path,
+                                                              tmp_path: Path) -> None:
+    """The guard's own modules run before the check has finished: their pycs are not
+    validated against their sources at every start (their bytes are the files level's job);
+    site-packages keeps checked-hash pycs."""
+    env = Path(build_json(locked, tmp_path / "store")["path"])
+    launch = list((env / "lib" / "envbuild-launch").rglob("*.pyc"))
+    site = list(next(env.glob("lib/python*/site-packages")).rglob("*.pyc"))
+    assert launch and site
+    for pyc in launch:
+        assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01, pyc
+    for pyc in site:
+        assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b11, pyc

@@ -101,6 +101,7 @@ ENTRY = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", sorted(ENTRY))
 def test_each_error_through_each_entry_point(entry: str, built_env_path: str) -> None:
     code, prefix = ENTRY[entry]

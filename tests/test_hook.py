@@ -78,6 +78,7 @@ def test_env_without_hook_has_no_pth(built: Built) -> None:
     assert not (_site(built.env) / HOOK).exists()
 
 
+@pytest.mark.slow
 def test_root_refuse_policy(tmp_path: Path, index: LocalIndex) -> None:
     assert os.geteuid() == 0, "the test machine runs as root, as CI containers often do"
     env = _build(tmp_path, index, "noroot", '[launch]\nroot = "refuse"\n')

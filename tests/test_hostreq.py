@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from envbuild.hostlibs import host_glibc, missing_libraries, version_tuple
+from envbuild.host import host_glibc, missing_libraries, version_tuple
 from envbuild.hostreq import HostNeeds, scan
 
 REPO = Path(__file__).resolve().parents[1]

@@ -411,6 +411,7 @@ SIX_1_16_0 = {  # PyPI's published digests of six 1.16.0 (wheel and sdist)
 }
 
 
+@pytest.mark.slow
 @pytest.mark.network
 def test_lock_build_run_from_pypi(tmp_path: Path) -> None:
     recipe = tmp_path / "web.toml"

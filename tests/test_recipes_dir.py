@@ -88,6 +88,7 @@ def test_cli_tool_recipe() -> None:
     assert re.search(r"^black==", lock, re.M)
 
 
+@pytest.mark.slow
 @pytest.mark.network
 def test_webclient_builds_and_runs(tmp_path: Path) -> None:
     before = snapshot(RECIPES)

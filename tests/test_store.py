@@ -356,6 +356,7 @@ def test_locate_prefers_explicit_then_environment(tmp_path: Path,
     assert default.is_relative_to(Path(os.environ["XDG_CACHE_HOME"]))
 
 
+@pytest.mark.slow
 def test_build_honours_store_option_then_environment(index: LocalIndex,
                                                       tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r", index)

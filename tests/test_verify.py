@@ -359,6 +359,7 @@ def build_with(python: Path, index: LocalIndex, tmp_path: Path) -> Path:
     return Path(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_libpython_swapped(index: LocalIndex, tmp_path: Path) -> None:
     """A shared build's binary is a small stub: the interpreter is its libpython, so
     swapping that library is an interpreter difference at the quick level."""
@@ -403,6 +404,7 @@ def test_libpython_swapped(index: LocalIndex, tmp_path: Path) -> None:
     assert lines[0] in res.stderr
 
 
+@pytest.mark.slow
 def test_interpreter_stdlib_gone(index: LocalIndex, tmp_path: Path) -> None:
     """Without its stdlib an interpreter stops before running any code (a fatal error,
     status 1): the guard must still refuse with 125 and say why."""

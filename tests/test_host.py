@@ -1,4 +1,4 @@
-"""hostlibs: the host as a launch sees it (glibc's version, what the loader would find)."""
+"""host: the host as a launch sees it (glibc's version, what the loader would find)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from envbuild import hostlibs
-from envbuild.hostlibs import missing_libraries, version_tuple
+from envbuild import host
+from envbuild.host import missing_libraries, version_tuple
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def test_version_tuple_compares_numerically() -> None:
 
 def test_launch_side_does_not_import_elftools() -> None:
     code = (
-        "import sys, envbuild.hostlibs as h; h.host_glibc(); h.missing_libraries(['x']); "
+        "import sys, envbuild.host as h; h.host_glibc(); h.missing_libraries(['x']); "
         "assert 'elftools' not in sys.modules, 'elftools imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
@@ -46,5 +46,5 @@ def test_ld_so_conf_follows_include_globs_without_looping(tmp_path: Path) -> Non
     (tmp_path / "ld.so.conf").write_text("include conf.d/*.conf\n/opt/a/lib # comment\n")
     (tmp_path / "conf.d/b.conf").write_text(f"/opt/b/lib\ninclude {tmp_path}/ld.so.conf\n")
     (tmp_path / "conf.d/c.conf").write_text("# only a comment\n/opt/c/lib:/opt/d/lib\n")
-    dirs = hostlibs._ld_so_conf_dirs(str(tmp_path / "ld.so.conf"), set())
+    dirs = host._ld_so_conf_dirs(str(tmp_path / "ld.so.conf"), set())
     assert dirs == ["/opt/b/lib", "/opt/c/lib", "/opt/d/lib", "/opt/a/lib"]

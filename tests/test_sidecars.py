@@ -1,4 +1,5 @@
-"""The launch path's stdlib-only name readers agree with `packaging` on the same inputs."""
+"""sidecars: the launch path's stdlib-only name readers agree with `packaging` on the same
+inputs; fields escape and unescape back."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from envbuild.names import escape, normalize, parse_dist_info, unescape
+from envbuild.sidecars import escape, normalize, parse_dist_info, unescape
 
 NAMES = [
     "Foo_Bar", "foo..bar", "a-_-b", "ZOPE.interface", "_x", "x_", "-x-", ".x.", "x",
