@@ -133,7 +133,8 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
                                                  a.artifact.name, a.sha256)
                                     for a in artifacts), key=lambda d: d.name)),
         environment=recipe.environment,
-        launch=LaunchPolicy(hook=recipe.launch_hook, root=recipe.launch_root))
+        launch=LaunchPolicy(hook=recipe.launch_hook, root=recipe.launch_root,
+                            record_environment=recipe.launch_record))
     seal(tmp, draft, interp.site, str(tmp).encode(), scan,
          stdlib_landmark=os.path.join(interp.stdlib, "os.py"))
     _freeze_dirs(tmp)

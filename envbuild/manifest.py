@@ -62,6 +62,7 @@ class InterpreterRecord:
 class LaunchPolicy:
     hook: bool
     root: str
+    record_environment: str = "values"   # what run records keep: "values" or "names"
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "interpreter": tuple(f.name for f in fields(InterpreterRecord)),
     "host": ("libraries", "glibc"),
     "environment": ("set", "require", "unset"),
-    "launch": ("hook", "root"),
+    "launch": ("hook", "root", "record_environment"),
     "sidecars": ("quick",),
 }
 
@@ -148,7 +149,8 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         environment=EnvContract(set=dict(raw["environment"]["set"]),
                                 require=tuple(raw["environment"]["require"]),
                                 unset=tuple(raw["environment"]["unset"])),
-        launch=LaunchPolicy(hook=bool(raw["launch"]["hook"]), root=str(raw["launch"]["root"])),
+        launch=LaunchPolicy(hook=bool(raw["launch"]["hook"]), root=str(raw["launch"]["root"]),
+                            record_environment=str(raw["launch"]["record_environment"])),
         tree_digest=raw["tree_digest"],
         host=HostNeeds(libraries={k: list(v) for k, v in raw["host"]["libraries"].items()},
                        glibc=raw["host"]["glibc"]),
@@ -221,7 +223,8 @@ def quick_records(site: str, root: Path, manifest: Manifest,
     records += [("set", k, v) for k, v in sorted(contract.set.items())]
     records += [("require", k) for k in sorted(contract.require)]
     records += [("unset", k) for k in sorted(contract.unset)]
-    records += [("hook", "1" if manifest.launch.hook else "0"), ("root", manifest.launch.root)]
+    records += [("hook", "1" if manifest.launch.hook else "0"), ("root", manifest.launch.root),
+                ("record", manifest.launch.record_environment)]
     return records
 
 

@@ -30,7 +30,7 @@ _TABLES: dict[str, set[str]] = {
     "": {"name", "requires-python", "dependencies", "index", "environment", "launch", "image"},
     "index": {"url", "find-links"},
     "environment": {"set", "require", "unset"},
-    "launch": {"hook", "root"},
+    "launch": {"hook", "root", "record-environment"},
     "image": {"base", "user", "entrypoint"},
 }
 
@@ -60,6 +60,7 @@ class Recipe:
     environment: EnvContract
     launch_hook: bool = False
     launch_root: str = "warn"
+    launch_record: str = "values"   # [launch] record-environment: what run records keep
     find_links_as_written: tuple[str, ...] = ()   # what the lock header records
     image: dict[str, Any] = field(default_factory=dict)
     bytes_digest: str = ""     # of the file's bytes: what locks before envbuild.build/2 record
@@ -162,6 +163,10 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
     root = launch.get("root", "warn")
     if root not in ("warn", "refuse"):
         issues.append(f"{where('launch', 'root')}: expected \"warn\" or \"refuse\", found {root!r}")
+    record = launch.get("record-environment", "values")
+    if record not in ("values", "names"):
+        issues.append(f"{where('launch', 'record-environment')}: expected \"values\" or "
+                      f"\"names\", found {record!r}")
     image = data.get("image", {}) if isinstance(data.get("image", {}), dict) else {}
     entry = image.get("entrypoint")
     if entry is not None and not (isinstance(entry, list)
@@ -178,7 +183,7 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
                   dependencies=tuple(str(d) for d in deps), index_url=str(index_url),
                   find_links=find_links, find_links_as_written=tuple(links),
                   environment=contract, launch_hook=bool(hook),
-                  launch_root=str(root), image=dict(image))
+                  launch_root=str(root), launch_record=str(record), image=dict(image))
 
 
 def meaning_digest(data: dict[str, Any]) -> str:
