@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,15 @@ from .lock import Lock, read_lock
 from .manifest import Distribution, InterpreterRecord, LaunchPolicy, Manifest, read_manifest, seal
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe, load_recipe
+from .startup import probe_startup
 from .store import Store, clear_leftovers, env_key, exclusive
 from .wheelcache import Artifact, WheelCache
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+# How an env already in the store is judged before it is handed out: the lines of its
+# differences from its manifest (none: intact). The caller passes the level checker in.
+Check = Callable[[Path], list[str]]
 
 # Console scripts start their own interpreter from beside themselves, wherever the env is.
 _TRAMPOLINE = (b"#!/bin/sh\n"
@@ -44,14 +49,23 @@ class BuildResult:
     env_key: str
     manifest_digest: str
     cached: bool
+    moved_aside: Path | None = None     # a damaged env found in the store's place, kept there
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "env_key": self.env_key,
-                "manifest_digest": self.manifest_digest, "cached": self.cached}
+                "manifest_digest": self.manifest_digest, "cached": self.cached,
+                "moved_aside": str(self.moved_aside) if self.moved_aside else None}
 
 
 def build(recipe_path: Path, store_dir: Path | None = None, python: str | None = None,
-          offline: bool = False, progress: Progress = lambda _msg: None) -> BuildResult:
+          offline: bool = False, progress: Progress = lambda _msg: None,
+          check: Check | None = None, force: bool = False) -> BuildResult:
+    """The env the recipe's lock describes, at `<store>/envs/<name>-<key>`.
+
+    An env already there is handed out only if `check` finds it intact; a damaged one is
+    moved aside to `envs/.damaged-<name>-<key>-<utc>/` and built again. `force` builds
+    again whatever is there (the old env is removed once the new one is in place).
+    """
     recipe = load_recipe(recipe_path)
     lock = read_lock(recipe)
     interp = probe(python)
@@ -61,20 +75,33 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
         # refused before the store is created: bad input changes nothing on disk
         raise CacheIntegrityError(f"--offline: the store {where} has no "
                                   "wheel cache yet; build once without --offline to fill it")
-    return _build_in(Store.locate(store_dir), recipe, lock, interp, offline, progress)
+    return _build_in(Store.locate(store_dir), recipe, lock, interp, offline, progress,
+                     check, force)
 
 
 def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, offline: bool,
-              progress: Progress) -> BuildResult:
+              progress: Progress, check: Check | None, force: bool) -> BuildResult:
     key = env_key(lock.text, recipe.digest, interp.identity(), interp.platform,
                   launcher_digest())
     final = store.env_path(recipe.name, key)
-    if (final / MANIFEST).exists():
+    seen = None if force else _judge(final, check, progress)
+    if seen == "intact":
         return _result(final, key, cached=True)
+    moved = replaced = None
     with exclusive(Path(store.layout.build_lock(recipe.name, key)),
                    on_wait=lambda: progress(f"waiting for another build of {final.name}")):
         if (final / MANIFEST).exists():
-            return _result(final, key, cached=True)
+            if not force and _manifest_id(final) != seen:   # built again meanwhile
+                if _judge(final, check, progress) == "intact":
+                    return _result(final, key, cached=True)
+            aside = store.layout.aside_dir("replaced" if force else "damaged", recipe.name,
+                                           key, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+            os.rename(final, aside)
+            if force:
+                replaced = Path(aside)
+            else:
+                moved = Path(aside)
+                progress(f"moved the damaged env aside to {aside}; building it again")
         clear_leftovers(store, recipe.name, key)
         entries = [e for e in lock.entries if e.applies(interp.markers)]
         artifacts = WheelCache(store, interp, recipe, offline, progress).fill(entries)
@@ -88,11 +115,37 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
         except BaseException:
             remove_tree(tmp)
             raise
-    return _result(final, key, cached=False)
+    if replaced is not None:
+        remove_tree(replaced)
+    return _result(final, key, cached=False, moved=moved)
 
 
-def _result(final: Path, key: str, cached: bool) -> BuildResult:
-    return BuildResult(final, key, read_manifest(final).digest, cached)
+def _manifest_id(env: Path) -> str | None:
+    """Which copy of the env is there: its manifest's inode and change time."""
+    try:
+        st = (env / MANIFEST).stat()
+    except OSError:
+        return None
+    return f"{st.st_ino} {st.st_ctime_ns}"
+
+
+def _judge(final: Path, check: Check | None, progress: Progress) -> str | None:
+    """"intact" if an env is at `final` and `check` finds nothing wrong; else the identity
+    of the env that is there (None: none), so the lock holder knows what it saw."""
+    seen = _manifest_id(final)
+    if seen is None:
+        return None
+    problems = check(final) if check is not None else []
+    if not problems:
+        return "intact"
+    log.warning("%s differs from its manifest:\n%s", final, "\n".join(problems[:20]))
+    progress(f"{final.name} differs from its manifest ({len(problems)} differences, "
+             f"first: {problems[0]})")
+    return seen
+
+
+def _result(final: Path, key: str, cached: bool, moved: Path | None = None) -> BuildResult:
+    return BuildResult(final, key, read_manifest(final).digest, cached, moved)
 
 
 def _check_interpreter(recipe: Recipe, lock: Lock, interp: Interpreter) -> None:
@@ -117,6 +170,7 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     _relocate(tmp, interp)
     progress("compiling bytecode")
     compile_env(tmp, interp.site, tmp / LAUNCH_DIR, artifacts, interp, store)
+    startup = probe_startup(tmp, interp.site)   # before the hook, which would refuse here
     if recipe.launch_hook:
         (tmp / interp.site / HOOK_PTH).write_text(hook_line())
     _normalize_files(tmp)
@@ -136,7 +190,7 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         launch=LaunchPolicy(hook=recipe.launch_hook, root=recipe.launch_root,
                             record_environment=recipe.launch_record))
     seal(tmp, draft, interp.site, str(tmp).encode(), scan,
-         stdlib_landmark=os.path.join(interp.stdlib, "os.py"))
+         stdlib_landmark=os.path.join(interp.stdlib, "os.py"), startup=startup)
     _freeze_dirs(tmp)
 
 

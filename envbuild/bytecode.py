@@ -56,9 +56,10 @@ def compile_env(root: Path, site: str, launch_code: Path, artifacts: list[Artifa
             _copy_into(cached, site_dir)
         else:
             fresh.append((art, sources))
+    # -S: no site, so no .pth line runs (and writes a pyc of its own) while compiling
     todo = [f"{mode} {p}" for mode, d in (("C", site_dir), ("U", launch_code))
             for p in d.rglob("*.py") if not _pyc(p, interp.cache_tag).exists()]
-    run_tool([str(root / "bin" / "python"), "-s", "-c", _COMPILE, str(root)],
+    run_tool([str(root / "bin" / "python"), "-S", "-c", _COMPILE, str(root)],
              env=hermetic_env({"PYTHONHASHSEED": "0"}), input="\n".join(todo))
     for art, sources in fresh:
         _remember(store, art, interp, site_dir, sources)

@@ -99,19 +99,30 @@ def build(
         help="Interpreter to build for (default: the one running envbuild).")] = None,
     offline: Annotated[bool, typer.Option(help="Use only the wheel cache; fetch "
                                           "nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Build again even if the store "
+                                        "has an intact env for this lock.")] = False,
+    verify_level: Annotated[str, typer.Option("--verify", metavar="files|full",
+                                              help="How an env already in the store is "
+                                              "checked before it is reused (default "
+                                              "files: every path's size and mode; full: "
+                                              "every byte).")] = "files",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object with path, "
                                           "env_key and manifest_digest.")] = False,
 ) -> None:
-    """Build the env the lock describes, or reuse it if it exists. Prints the env's path.
+    """Build the env the lock describes, or reuse it if it exists intact. Prints its path.
 
     The wheel cache is filled from the lock (hash-checked), then the install runs offline.
-    The env lands at <store>/envs/<name>-<key>/, complete or not at all.
+    The env lands at <store>/envs/<name>-<key>/, complete or not at all. An env already
+    there is verified first; a damaged one is moved aside to
+    <store>/envs/.damaged-<name>-<key>-<utc>/ and built again.
+
+    Example: envbuild build recipes/webclient.toml --json
     """
-    from .build import build as do_build
+    from .reuse import build_or_reuse
 
     with handle_errors(), _progress() as progress:
-        result = do_build(recipe, store_dir=store, python=python, offline=offline,
-                          progress=progress)
+        result = build_or_reuse(recipe, store=store, python=python, offline=offline,
+                                force=force, level=verify_level, progress=progress)
     if as_json:
         typer.echo(json.dumps(result.to_json(), sort_keys=True))
     else:

@@ -91,6 +91,11 @@ class StoreLayout:
         """The name prefix of a build in progress, in `envs/` (renamed into place when done)."""
         return f".tmp-{name}-{short_key(env_key)}-"
 
+    def aside_dir(self, why: str, name: str, env_key: str, utc: str) -> str:
+        """Where an env found damaged (`why` "damaged") or being rebuilt ("replaced") is
+        moved by a build: `envs/.<why>-<name>-<key>-<utc>/`."""
+        return os.path.join(self.envs, f".{why}-{name}-{short_key(env_key)}-{utc}")
+
     def build_lock(self, name: str, env_key: str) -> str:
         return os.path.join(self.locks, f"{name}-{short_key(env_key)}.lock")
 

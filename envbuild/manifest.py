@@ -21,11 +21,12 @@ from typing import Any
 from . import __version__
 from .errors import BuildError, ManifestError
 from .fsutil import atomic_write
-from .hashing import sha256_bytes
+from .hashing import file_digest, sha256_bytes
 from .hostreq import HostNeeds
 from .layout import FILES, MANIFEST, META, PROVENANCE, QUICK
 from .recipe import EnvContract
 from .sidecars import FILES_SCHEMA, files_line, format_quick, read_manifest_bytes, walk
+from .startup import Startup
 
 SCHEMA_PREFIX = "envbuild.manifest/"
 SCHEMA_VERSION = 1
@@ -203,8 +204,38 @@ def list_tree(root: Path, forbidden: bytes) -> TreeListing:
     return TreeListing("".join(lines).encode("utf-8"), regular)
 
 
+def _kind(entry: os.DirEntry[str]) -> str:
+    if entry.is_symlink():
+        return "l"
+    return "d" if entry.is_dir() else ("f" if entry.is_file() else "o")
+
+
+def startup_records(root: Path, site: str, startup: Startup | None) -> list[tuple[str, ...]]:
+    """What the interpreter reads before a program's first line: site-packages' whole top
+    level, bin/ (with link targets), and the startup's files (pyvenv.cfg, the .pth files,
+    every module file its imports read, in the env or outside) and sys.path dirs."""
+    records: list[tuple[str, ...]] = []
+    with os.scandir(root / site) as it:
+        top = sorted((e.name, _kind(e)) for e in it)
+    records += [("entry", name, kind) for name, kind in top]
+    with os.scandir(root / "bin") as it:
+        records += [("bin", e.name, _kind(e), os.readlink(e.path) if e.is_symlink() else "")
+                    for e in sorted(it, key=lambda e: e.name)]
+    read = ["pyvenv.cfg"] + [f"{site}/{name}" for name, kind in top
+                             if name.endswith(".pth") and kind == "f"]
+    files = {rel: file_digest(str(root / rel)) for rel in read}
+    if startup is not None:
+        files.update(startup.files)
+        records.append(("startnames", *startup.names))
+        records += [("startdir", path, state, *entries)
+                    for path, state, entries in startup.dirs]
+    records += [("startfile", rel, digest) for rel, digest in sorted(files.items())]
+    return records
+
+
 def quick_records(site: str, root: Path, manifest: Manifest,
-                  stdlib_landmark: str | None = None) -> list[tuple[str, ...]]:
+                  stdlib_landmark: str | None = None,
+                  startup: Startup | None = None) -> list[tuple[str, ...]]:
     interp, host, contract = manifest.interpreter, manifest.host, manifest.environment
     records: list[tuple[str, ...]] = [
         ("python", "bin/python", interp.path, interp.sha256, interp.version),
@@ -214,9 +245,7 @@ def quick_records(site: str, root: Path, manifest: Manifest,
         records.append(("pylib", interp.libpython["path"], interp.libpython["sha256"]))
     if stdlib_landmark:   # without its stdlib the interpreter cannot even start
         records.append(("pystdlib", stdlib_landmark))
-    for name in sorted(os.listdir(root / site)):
-        if name.endswith((".dist-info", ".pth")):
-            records.append(("entry", name))
+    records += startup_records(root, site, startup)
     if host.glibc:
         records.append(("glibc", host.glibc))
     records += [("lib", soname) for soname in sorted(host.libraries)]
@@ -230,7 +259,7 @@ def quick_records(site: str, root: Path, manifest: Manifest,
 
 def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
          host_scan: Callable[[Path, list[str]], HostNeeds],
-         stdlib_landmark: str | None = None) -> Manifest:
+         stdlib_landmark: str | None = None, startup: Startup | None = None) -> Manifest:
     """Write the sidecars and the manifest into `root`; return the manifest.
 
     `draft` holds everything but what is computed here: the tree digest, the host needs
@@ -240,7 +269,8 @@ def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
     listing = list_tree(root, forbidden)
     manifest = replace(draft, tree_digest=sha256_bytes(listing.sidecar),
                        host=host_scan(root, listing.regular))
-    quick = format_quick(quick_records(site, root, manifest, stdlib_landmark)).encode("utf-8")
+    quick = format_quick(quick_records(site, root, manifest, stdlib_landmark,
+                                       startup)).encode("utf-8")
     manifest = replace(manifest, sidecars={"quick": sha256_bytes(quick)})
     atomic_write(root / FILES, listing.sidecar, mode=0o444)
     atomic_write(root / QUICK, quick, mode=0o444)

@@ -23,7 +23,10 @@ else:  # pragma: no cover
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-ALWAYS_UNSET = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE")
+# what a launch removes whatever the recipe says: each changes what the interpreter reads at
+# start (PYTHONPYCACHEPREFIX: pycs from another tree; PYTHONPLATLIBDIR: another lib-dynload)
+ALWAYS_UNSET = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
+                "PYTHONPYCACHEPREFIX", "PYTHONPLATLIBDIR")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _TABLES: dict[str, set[str]] = {

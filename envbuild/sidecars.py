@@ -140,3 +140,26 @@ def read_manifest_bytes(env: str) -> bytes:
                             "build one with `envbuild build RECIPE`") from None
     except OSError as exc:
         raise NotAnEnvError(f"{env}: cannot read {MANIFEST}: {exc.strerror}") from None
+
+
+# ---- the start's view of sys.path: what the build records and the quick level compares --
+
+
+def module_name(entry: str) -> str:
+    """The top-level module a directory entry provides: `foo.py`, `foo.cpython-311-x86_64-
+    linux-gnu.so`, `foo/` all provide `foo`."""
+    return entry.split(".", 1)[0]
+
+
+def startup_dir(path: str, names: set[str]) -> tuple[str, list[str]]:
+    """What a sys.path entry is (a directory, a file such as the stdlib zip, or absent) and
+    its entries that provide a name the start imports."""
+    try:
+        entries = os.listdir(path)
+    except NotADirectoryError:
+        return "file", []
+    except FileNotFoundError:
+        return "absent", []
+    except OSError:
+        return "unreadable", []
+    return "dir", sorted(e for e in entries if module_name(e) in names)

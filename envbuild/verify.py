@@ -12,10 +12,10 @@ import os
 import stat
 import sys
 
-from .hashing import sha256, sha256_bytes
-from .host import cached, interpreter_digest, remember
+from .hashing import file_digest, sha256, sha256_bytes
+from .host import cached, interpreter_digest, remember, stat_key
 from .layout import GUARD, LAUNCH_DIR, LAUNCH_PKG, MANIFEST, META, QUICK, staging_root_of
-from .sidecars import QUICK_SCHEMA, parse_dist_info, read_manifest_bytes, read_quick
+from .sidecars import QUICK_SCHEMA, parse_dist_info, read_manifest_bytes, read_quick, startup_dir
 
 LEVELS = ("quick", "files", "full")
 
@@ -161,15 +161,19 @@ def check_quick(env: str, rec: dict[str, list[list[str]]], trusted: set[int],
             paths += [f"{sub}/{n}" for n in sorted(os.listdir(os.path.join(env, sub)))]
         except OSError:
             pass   # missing: the files level says so; the guard could not have started
-    expected = {fields[0] for fields in rec.get("entry", [])}
-    try:
-        found = {n for n in os.listdir(os.path.join(env, site))
-                 if n.endswith((".dist-info", ".pth"))}
-    except OSError as exc:
-        diffs.append(Difference("missing", site, "a directory", exc.strerror))
-        found = set()
+    found = _listing(env, site, diffs)
+    entries = rec.get("entry", [])
+    if entries and len(entries[0]) == 1:   # a sidecar of build format 1: names of dist-info
+        found = {n: k for n, k in found.items() if n.endswith((".dist-info", ".pth"))}
+    _compare_kinds(site, {f[0]: (f[1:2] or [""])[0] for f in entries}, found, diffs)
     paths += [f"{site}/{n}" for n in sorted(found) if n.endswith(".pth")]
-    _compare_entries(site, expected, found, diffs)
+    if "bin" in rec:
+        _check_bin(env, rec["bin"], rec.get("python", []), diffs)
+    before = len(diffs)
+    _check_interpreter(env, rec, diffs)
+    # another or a broken interpreter: its line says it all, whatever its stdlib holds now
+    _check_startup(env, rec, diffs,
+                   outside=not any(d.kind == "interpreter" for d in diffs[before:]))
     lstat, prefix = os.lstat, env + "/"
     for rel in paths:
         try:
@@ -178,13 +182,107 @@ def check_quick(env: str, rec: dict[str, list[list[str]]], trusted: set[int],
             continue  # a missing path is reported by the check that needs it
         if st.st_uid not in trusted or st.st_mode & WRITABLE:
             owner_mode_diff(rel or ".", st, trusted, diffs)
-    _check_interpreter(env, rec, diffs)
     if environ is not None:
         for (name,) in rec.get("require", []):
             if name not in environ:
                 diffs.append(Difference("environment", name, "set (the recipe requires it)",
                                         "unset"))
     _check_host(rec, diffs)
+
+
+_KINDS = {"f": ("a regular file", "another kind of file"), "l": ("a symlink", "not a symlink"),
+          "d": ("a directory", "not a directory"), "o": ("a special file", "another kind")}
+
+
+def _listing(env: str, rel: str, diffs: list[Difference]) -> dict[str, str]:
+    """{name: kind} of a directory of the env, kinds as the build records them (f, d, l, o):
+    one directory read, no stat."""
+    out: dict[str, str] = {}
+    try:
+        with os.scandir(env + "/" + rel) as it:
+            for e in it:
+                out[e.name] = ("l" if e.is_symlink() else "d" if e.is_dir() else
+                               "f" if e.is_file() else "o")
+    except OSError as exc:
+        diffs.append(Difference("missing", rel, "a directory", exc.strerror))
+    return out
+
+
+def _compare_kinds(site: str, expected: dict[str, str], found: dict[str, str],
+                   diffs: list[Difference]) -> None:
+    """Names added, removed or at another version; a name now of another kind."""
+    _compare_entries(site, set(expected), set(found), diffs)
+    for name in sorted(expected.keys() & found.keys()):
+        want = expected[name]
+        if want and found[name] != want:
+            words = _KINDS.get(want, (want, "another kind"))
+            diffs.append(Difference("modified", f"{site}/{name}", *words))
+
+
+def _check_bin(env: str, records: list[list[str]], python: list[list[str]],
+               diffs: list[Difference]) -> None:
+    """bin/, which a launch puts first on PATH: every name, kind and link target. A link on
+    bin/python's own chain that now reaches another interpreter is the interpreter check's
+    to report."""
+    expected = {name: (kind, target) for name, kind, target in records}
+    found = _listing(env, "bin", diffs)
+    _compare_kinds("bin", {name: kind for name, (kind, _) in expected.items()}, found, diffs)
+    chain: set[str] = set()
+    for link, real, *_ in python:
+        if os.path.realpath(f"{env}/{link}") != real:
+            name = os.path.basename(link)
+            while name in found and found[name] == "l" and name not in chain:
+                chain.add(name)
+                name = os.readlink(f"{env}/bin/{name}")
+    for name, (kind, target) in sorted(expected.items()):
+        if kind == "l" and found.get(name) == "l" and name not in chain:
+            now = os.readlink(f"{env}/bin/{name}")
+            if now != target:
+                diffs.append(Difference("modified", f"bin/{name}", f"a link to {target}",
+                                        f"a link to {now}"))
+
+
+def _check_startup(env: str, rec: dict[str, list[list[str]]], diffs: list[Difference],
+                   outside: bool = True) -> None:
+    """The sys.path dirs outside the env hold no new provider of a name the start imports,
+    and every file the start reads has its recorded bytes (hashed again only when a file's
+    stat changed: one cache entry for them all). `outside` False: only the env's own."""
+    names = set(rec["startnames"][0]) if "startnames" in rec else set()
+    for shown, state, *entries in rec.get("startdir", []):
+        if shown[:1] == "/" and not outside:
+            continue
+        now, there = startup_dir(shown if shown[:1] == "/" else f"{env}/{shown}", names)
+        if now != state:
+            diffs.append(Difference("added" if state == "absent" else "modified", shown,
+                                    state, now))
+            continue
+        for entry in sorted(set(there) - set(entries)):
+            diffs.append(Difference("added", f"{shown}/{entry}", "absent", "present"))
+        for entry in sorted(set(entries) - set(there)):
+            diffs.append(Difference("missing", f"{shown}/{entry}", "present", "absent"))
+    files = [(rel if rel[:1] == "/" else f"{env}/{rel}", rel, digest)
+             for rel, digest in rec.get("startfile", []) if outside or rel[:1] != "/"]
+    keys = []
+    for path, _rel, digest in files:
+        try:
+            keys.append(f"{stat_key(path, os.stat(path))} {digest}")
+        except OSError:
+            keys.append(f"{path} missing")
+    key = sha256("\n".join(keys).encode()).hexdigest()
+    name = "start-" + sha256(env.encode()).hexdigest()[:24]
+    if not files or cached(name, key) == "ok":
+        return
+    count = len(diffs)
+    for path, rel, digest in files:
+        try:
+            got = file_digest(path)
+        except OSError as exc:
+            diffs.append(Difference("missing", rel, "present", exc.strerror or "absent"))
+            continue
+        if got != digest:
+            diffs.append(Difference("modified", rel, digest, got))
+    if len(diffs) == count:
+        remember(name, key, "ok")
 
 
 def _compare_entries(site: str, expected: set[str], found: set[str],

@@ -172,6 +172,15 @@ def _wheel_dists() -> list[_Dist]:
             {"pthpkg.pth": "pthpkg_extra\n", "pthpkg_extra/pthmod.py": 'VALUE = "pthmod"\n'},
         )
     )
+    # a .pth that imports a module at every interpreter start, as coverage or
+    # distutils-precedence do
+    dists.append(
+        _Dist(
+            "startpkg",
+            "1.0",
+            {"startpkg.pth": "import startmod\n", "startmod.py": "STARTED = True\n"},
+        )
+    )
     return dists
 
 

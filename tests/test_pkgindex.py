@@ -51,7 +51,8 @@ def test_build_is_byte_identical(tmp_path: Path) -> None:
     assert _tree(first.root) == _tree(second.root)
     assert sorted(_tree(first.find_links)) == sorted(
         [filename for _, filename in EXPECTED_PINS.values()]
-        + ["alpha-1.0-py3-none-any.whl", "gamma-1.0-py3-none-any.whl"]
+        + ["alpha-1.0-py3-none-any.whl", "gamma-1.0-py3-none-any.whl",
+           "startpkg-1.0-py3-none-any.whl"]
     )
     rebuilt = build_index(first.root)  # building again in place changes nothing
     assert _tree(rebuilt.root) == _tree(second.root)

@@ -1,0 +1,64 @@
+"""What CPython reads and runs before a program's first line, asked of the new env's own
+interpreter at build time: the directories on `sys.path` at start, the files its startup
+imports come from (sources and pycs, in the env and in the base interpreter's stdlib), and
+the names those imports go by. The quick level holds the env to this (see `verify`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hashing import file_digest
+from .proc import hermetic_env, run_tool
+from .sidecars import startup_dir
+
+# Runs as `ENV/bin/python -c`, with `site`, as a program started in the env would. Nothing
+# is imported before the snapshot (sys is built in).
+_PROBE = r"""
+import sys
+mods, path = list(sys.modules.items()), list(sys.path)
+import json, os
+files = set()
+for name, mod in mods:
+    spec = getattr(mod, "__spec__", None)
+    origin = getattr(spec, "origin", None) if spec is not None else getattr(mod, "__file__", None)
+    kind = type(getattr(mod, "__loader__", None)).__name__
+    if not origin or origin in ("built-in", "frozen") or "Frozen" in kind or "Builtin" in kind:
+        continue
+    for f in (origin, getattr(spec, "cached", None)):
+        if f and os.path.isfile(f):
+            files.add(os.path.abspath(f))
+print(json.dumps({"path": [p for p in path if p], "files": sorted(files),
+                  "names": sorted({n.split(".")[0] for n, _ in mods})}))
+"""
+# Imported at start when present: their absence is part of what is checked.
+HOOK_NAMES = ("sitecustomize", "usercustomize")
+
+
+@dataclass(frozen=True)
+class Startup:
+    # (a sys.path dir but site-packages, env-relative or absolute; dir|file|absent|unreadable;
+    # its entries that provide a name the start imports)
+    dirs: list[tuple[str, str, list[str]]]
+    files: list[tuple[str, str]]             # (env-relative or absolute path, sha256)
+    names: list[str]                         # top-level names imported at start
+
+
+def probe_startup(root: Path, site: str) -> Startup:
+    """Ask the env's interpreter (its bytecode compiled, no hook installed yet) what its start
+    reads; every file is hashed now, every sys.path dir outside the env listed."""
+    out = run_tool([str(root / "bin" / "python"), "-c", _PROBE],
+                   env=hermetic_env({"PYTHONDONTWRITEBYTECODE": "1"}), cwd=root)
+    info = json.loads(out.strip().splitlines()[-1])
+    names = sorted(set(info["names"]) | set(HOOK_NAMES))
+    prefix = str(root) + os.sep
+    files = []
+    for path in info["files"]:
+        rel = path[len(prefix):] if path.startswith(prefix) else path
+        files.append((rel, file_digest(path)))
+    site_dir = str(root / site)
+    dirs = [(d[len(prefix):] if d.startswith(prefix) else d, *startup_dir(d, set(names)))
+            for d in info["path"] if d != site_dir]
+    return Startup(dirs=dirs, files=sorted(set(files)), names=names)
