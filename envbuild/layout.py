@@ -42,7 +42,13 @@ def user_cache_root() -> str:
 def host_cache_dir() -> str:
     """The per-host answers a launch keeps (interpreter hashes, library checks): per user,
     per host, since a home directory is often shared by every node."""
-    return os.path.join(user_cache_root(), "hosts", os.uname().nodename)
+    key = (os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"))
+    if _host_cache[0] != key:   # asked several times per launch
+        _host_cache[:] = [key, os.path.join(user_cache_root(), "hosts", os.uname().nodename)]
+    return str(_host_cache[1])
+
+
+_host_cache: list[object] = [None, ""]
 
 
 # ---- a store -----------------------------------------------------------------------------

@@ -79,7 +79,9 @@ def read_quick(text: str) -> dict[str, list[list[str]]]:
     for line in lines[1:]:
         if line:
             kind, *fields = line.split("\t")
-            out.setdefault(kind, []).append([unescape(f) for f in fields])
+            if "\\" in line:
+                fields = [unescape(f) for f in fields]
+            out.setdefault(kind, []).append(fields)
     return out
 
 

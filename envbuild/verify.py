@@ -229,7 +229,7 @@ def _check_bin(env: str, records: list[list[str]], python: list[list[str]],
     _compare_kinds("bin", {name: kind for name, (kind, _) in expected.items()}, found, diffs)
     chain: set[str] = set()
     for link, real, *_ in python:
-        if os.path.realpath(f"{env}/{link}") != real:
+        if _resolve(f"{env}/{link}", real) != real:
             name = os.path.basename(link)
             while name in found and found[name] == "l" and name not in chain:
                 chain.add(name)
@@ -244,14 +244,30 @@ def _check_bin(env: str, records: list[list[str]], python: list[list[str]],
 
 def _check_startup(env: str, rec: dict[str, list[list[str]]], diffs: list[Difference],
                    outside: bool = True) -> None:
-    """The sys.path dirs outside the env hold no new provider of a name the start imports,
-    and every file the start reads has its recorded bytes (hashed again only when a file's
-    stat changed: one cache entry for them all). `outside` False: only the env's own."""
+    """The sys.path dirs (but site-packages) hold no new provider of a name the start
+    imports, and every file the start reads has its recorded bytes. One cache entry for it
+    all, keyed by every such dir's and file's stat (a dir's mtime moves with any entry added,
+    removed or renamed): a launch costs one stat each. `outside` False: only the env's own."""
+    dirs = [(shown if shown[:1] == "/" else f"{env}/{shown}", shown, state, entries)
+            for shown, state, *entries in rec.get("startdir", [])
+            if outside or shown[:1] != "/"]
+    files = [(rel if rel[:1] == "/" else f"{env}/{rel}", rel, digest)
+             for rel, digest in rec.get("startfile", []) if outside or rel[:1] != "/"]
+    keys = []
+    stat = os.stat
+    for path, _shown, *recorded in dirs + files:
+        try:
+            keys.append(f"{stat_key(path, stat(path))} {recorded}")
+        except OSError:
+            keys.append(f"{path} missing")
+    key = sha256("\n".join(keys).encode()).hexdigest()
+    name = "start-" + sha256(env.encode()).hexdigest()[:24]
+    if not keys or cached(name, key) == "ok":
+        return
+    count = len(diffs)
     names = set(rec["startnames"][0]) if "startnames" in rec else set()
-    for shown, state, *entries in rec.get("startdir", []):
-        if shown[:1] == "/" and not outside:
-            continue
-        now, there = startup_dir(shown if shown[:1] == "/" else f"{env}/{shown}", names)
+    for path, shown, state, entries in dirs:
+        now, there = startup_dir(path, names)
         if now != state:
             diffs.append(Difference("added" if state == "absent" else "modified", shown,
                                     state, now))
@@ -260,19 +276,6 @@ def _check_startup(env: str, rec: dict[str, list[list[str]]], diffs: list[Differ
             diffs.append(Difference("added", f"{shown}/{entry}", "absent", "present"))
         for entry in sorted(set(entries) - set(there)):
             diffs.append(Difference("missing", f"{shown}/{entry}", "present", "absent"))
-    files = [(rel if rel[:1] == "/" else f"{env}/{rel}", rel, digest)
-             for rel, digest in rec.get("startfile", []) if outside or rel[:1] != "/"]
-    keys = []
-    for path, _rel, digest in files:
-        try:
-            keys.append(f"{stat_key(path, os.stat(path))} {digest}")
-        except OSError:
-            keys.append(f"{path} missing")
-    key = sha256("\n".join(keys).encode()).hexdigest()
-    name = "start-" + sha256(env.encode()).hexdigest()[:24]
-    if not files or cached(name, key) == "ok":
-        return
-    count = len(diffs)
     for path, rel, digest in files:
         try:
             got = file_digest(path)
@@ -306,7 +309,7 @@ def _check_interpreter(env: str, rec: dict[str, list[list[str]]],
     """The interpreter the env's `bin/python` reaches, its bytes, its stdlib, and a shared
     build's libpython (as recorded, and as this process loaded it)."""
     for link, real, digest, version in rec.get("python", []):
-        found = os.path.realpath(os.path.join(env, link))
+        found = _resolve(f"{env}/{link}", real)
         if found != real:
             diffs.append(Difference("interpreter", link, real, found))
             continue
@@ -325,10 +328,26 @@ def _check_interpreter(env: str, rec: dict[str, list[list[str]]],
             diffs.append(Difference("interpreter", path, digest, got or "missing"))
         # run by that interpreter (the guard, the hook): is that the libpython it loaded?
         # LD_LIBRARY_PATH can point the loader at another one, and CMD inherits it
-        if any(os.path.realpath(sys.executable) == fields[1] for fields in rec["python"]):
+        if any(_resolve(sys.executable, fields[1]) == fields[1] for fields in rec["python"]):
             loaded = _loaded_libpython()
             if loaded is not None and loaded != path:
                 diffs.append(Difference("interpreter", "libpython (as loaded)", path, loaded))
+
+
+def _resolve(path: str, expected: str) -> str:
+    """`os.path.realpath(path)`, cheaply when it is `expected`: the links of the last
+    component are followed by hand (a venv's bin/python -> python3.X -> /abs/python3.X),
+    and only a result other than `expected` is checked with realpath, which lstats every
+    component of every path on the way."""
+    seen = 0
+    while seen < 40:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            break
+        path = target if target[:1] == "/" else os.path.dirname(path) + "/" + target
+        seen += 1
+    return path if path == expected else os.path.realpath(path)
 
 
 def _loaded_libpython() -> str | None:
