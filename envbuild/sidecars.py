@@ -99,20 +99,28 @@ def read_files(text: str) -> dict[str, tuple[str, int, int, str]]:
     lines = text.split("\n")
     if lines[0] != FILES_SCHEMA:
         raise ValueError(f"expected {FILES_SCHEMA}, found {lines[0][:40]!r}")
+    return parse_files_lines(lines[1:], "\\" in text)
+
+
+def parse_files_lines(lines: list[str], escaped: bool = True
+                      ) -> dict[str, tuple[str, int, int, str]]:
+    """Lines of the files sidecar (no header) as {relpath: (kind, mode, size, sha256 hex)};
+    `escaped` False: no line holds a backslash, so no path needs unescaping."""
     out: dict[str, tuple[str, int, int, str]] = {}
-    for line in lines[1:]:
+    for line in lines:
         if line:
             kind, mode, size, digest, path = line.split("\t")
-            out[unescape(path)] = (kind, int(mode, 8), int(size), digest)
+            out[unescape(path) if escaped else path] = (kind, int(mode, 8), int(size), digest)
     return out
 
 
-def walk(env: str, errors: list[tuple[str, str]] | None = None) -> dict[str, os.stat_result]:
-    """Every path under env (relative POSIX) with its lstat, outside the manifest and META.
-    With `errors`, a directory that cannot be read is appended as (relpath, why) instead of
-    raising."""
+def walk(env: str, errors: list[tuple[str, str]] | None = None,
+         start: str = "") -> dict[str, os.stat_result]:
+    """Every path under env (relative POSIX) with its lstat, outside the manifest and META;
+    with `start`, only those under that relative dir. With `errors`, a directory that
+    cannot be read is appended as (relpath, why) instead of raising."""
     out: dict[str, os.stat_result] = {}
-    stack = [""]
+    stack = [start]
     while stack:
         rel = stack.pop()
         try:

@@ -8,8 +8,8 @@ import os
 import stat
 
 from .hashing import sha256
-from .layout import FILES
-from .sidecars import FILES_SCHEMA, read_files, walk
+from .layout import FILES, MANIFEST, META
+from .sidecars import FILES_SCHEMA, parse_files_lines, read_files, walk
 from .verify import WRITABLE, Difference, bound_sidecar, owner_mode_diff
 
 
@@ -18,6 +18,12 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
     data = bound_sidecar(env, manifest, FILES, b'"tree_digest":"', diffs)
     if data is None:
         return
+    if not content:
+        try:
+            if _files_level_on_two(env, data.decode("utf-8"), trusted, diffs):
+                return
+        except (ValueError, UnicodeDecodeError):
+            pass   # reported below, by the one-process check
     try:
         recorded = read_files(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -50,6 +56,145 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
             diffs.append(Difference("modified", rel, f"sha256:{want}", f"sha256:{got}"))
 
 
+# ---- the files level on two processes ------------------------------------------------------
+# What costs is one lstat per path and Python's work around it: the tree is cut into
+# subtrees, half of which a forked child walks and compares against its share of the
+# (sorted) sidecar, while this process does the other half; the child sends back only
+# its differences.
+
+_FANOUT = 64      # enough subtrees to share out evenly
+_MIN_LINES = 4096  # below this, a fork costs more than it saves
+
+
+def _files_level_on_two(env: str, text: str, trusted: set[int],
+                        diffs: list[Difference]) -> bool:
+    """The files level with a forked helper; False (nothing done) where that does not pay
+    or cannot be done: the caller then checks in one process."""
+    lines = text.split("\n")
+    if lines[0] != FILES_SCHEMA or len(lines) < _MIN_LINES or "\\" in text:
+        return False
+    if _forking_unsafe():
+        return False
+    lines = [line for line in lines[1:] if line]
+    paths = [line.rpartition("\t")[2] for line in lines]
+    upper, units, unreadable = _frontier(env)
+    shares: list[list[tuple[str, int, int]]] = [[], []]
+    weights = [0, 0]
+    taken: list[tuple[int, int]] = []
+    for unit in units:
+        lo = _bisect(paths, unit + "/")
+        hi = _bisect(paths, unit + "0")    # "0" follows "/": every path under unit/
+        taken.append((lo, hi))
+    for (lo, hi), unit in sorted(zip(taken, units), key=lambda t: t[0][0] - t[0][1]):
+        lighter = 0 if weights[0] <= weights[1] else 1   # the biggest subtrees first
+        shares[lighter].append((unit, lo, hi))
+        weights[lighter] += hi - lo + 1
+    rfd, wfd = os.pipe()
+    from .children import DefaultSigchld
+
+    with DefaultSigchld(only_if_ignored=True):
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            return False
+        if pid == 0:   # the child: its share, its differences, and out without cleanup
+            status = 1
+            try:
+                os.close(rfd)
+                mine: list[Difference] = []
+                _check_share(env, lines, shares[1], trusted, mine)
+                with open(wfd, "w", encoding="utf-8", errors="surrogateescape") as out:
+                    out.write("".join(f"{d.kind}\t{d.subject}\t{d.expected}\t{d.found}\n"
+                                      for d in mine) + "end\n")
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(wfd)
+        try:
+            for rel, why in unreadable:
+                diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
+            outside = _outside(lines, taken)
+            _compare_tree(env, parse_files_lines(outside, False), upper, trusted, diffs)
+            _check_share(env, lines, shares[0], trusted, diffs)
+            with open(rfd, encoding="utf-8", errors="surrogateescape") as fh:
+                report = fh.read().split("\n")
+        finally:
+            _, status = os.waitpid(pid, 0)
+    if status != 0 or report[-2:] != ["end", ""]:   # not reported whole: do its share here
+        _check_share(env, lines, shares[1], trusted, diffs)
+    else:
+        for line in report[:-2]:
+            kind, subject, expected, found = line.split("\t", 3)
+            diffs.append(Difference(kind, subject, expected, found))
+    return True
+
+
+def _forking_unsafe() -> bool:
+    import sys
+
+    threading = sys.modules.get("threading")
+    return threading is not None and threading.active_count() > 1
+
+
+def _bisect(paths: list[str], key: str) -> int:
+    lo, hi = 0, len(paths)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if paths[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _frontier(env: str) -> tuple[dict[str, os.stat_result], list[str],
+                                 list[tuple[str, str]]]:
+    """The upper levels of the tree, walked here (their lstats), and the subtrees below
+    them, at the first depth with _FANOUT of them or more: (upper, subtrees, unreadable)."""
+    upper: dict[str, os.stat_result] = {}
+    unreadable: list[tuple[str, str]] = []
+    level = [""]
+    for _depth in range(8):
+        if len(level) >= _FANOUT:
+            break
+        below: list[str] = []
+        for rel in level:
+            try:
+                with os.scandir(env + "/" + rel if rel else env) as it:
+                    for entry in it:
+                        if not rel and entry.name in (MANIFEST, META):
+                            continue
+                        sub = f"{rel}/{entry.name}" if rel else entry.name
+                        st = entry.stat(follow_symlinks=False)
+                        upper[sub] = st
+                        if stat.S_ISDIR(st.st_mode):
+                            below.append(sub)
+            except OSError as exc:
+                unreadable.append((rel or ".", exc.strerror or str(exc)))
+        level = below
+    return upper, sorted(level), unreadable
+
+
+def _outside(lines: list[str], taken: list[tuple[int, int]]) -> list[str]:
+    """The sidecar lines under no subtree: the upper levels'."""
+    inside = bytearray(len(lines) + 1)
+    for lo, hi in taken:
+        inside[lo:hi] = b"\1" * (hi - lo)
+    return [line for i, line in enumerate(lines) if not inside[i]]
+
+
+def _check_share(env: str, lines: list[str], share: list[tuple[str, int, int]],
+                 trusted: set[int], diffs: list[Difference]) -> None:
+    for unit, lo, hi in share:
+        unreadable: list[tuple[str, str]] = []
+        found = walk(env, unreadable, start=unit)
+        for rel, why in unreadable:
+            diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
+        _compare_tree(env, parse_files_lines(lines[lo:hi], False), found, trusted, diffs)
+
+
 def _compare_tree(env: str, recorded: dict[str, tuple[str, int, int, str]],
                   found: dict[str, os.stat_result], trusted: set[int],
                   diffs: list[Difference]) -> list[str]:
@@ -75,7 +220,8 @@ def _compare_tree(env: str, recorded: dict[str, tuple[str, int, int, str]],
         st = found[rel]
         if rel not in recorded and not stat.S_ISDIR(st.st_mode):
             diffs.append(Difference("added", rel, "absent", "present"))
-        owner_mode_diff(rel, st, trusted, diffs)
+        if st.st_uid not in trusted or (st.st_mode & WRITABLE and not stat.S_ISLNK(st.st_mode)):
+            owner_mode_diff(rel, st, trusted, diffs)
     return intact
 
 
