@@ -130,11 +130,15 @@ def runlog_path(env: str | None = None) -> str:
     if explicit:
         return explicit
     store = os.environ.get("ENVBUILD_STORE")
+    host = os.uname().nodename
     if not store and env:
         own = store_of_env(env)
+        # this user can append there: the dir, and the host's file if another made it 0600
         if own is not None and os.access(os.path.join(own, "runs"), os.W_OK):
-            store = own
-    return StoreLayout(store_root(store or None)).runlog(os.uname().nodename)
+            mine = StoreLayout(own).runlog(host)
+            if not os.path.exists(mine) or os.access(mine, os.W_OK):
+                store = own
+    return StoreLayout(store_root(store or None)).runlog(host)
 
 
 # ---- a staging root ----------------------------------------------------------------------

@@ -56,7 +56,10 @@ class Store:
                              "ENVBUILD_STORE) naming a directory, new or existing")
         try:
             for sub in StoreLayout.SUBDIRS:
-                (root / sub).mkdir(parents=True, exist_ok=True)
+                # run records hold secrets' neighbours: `runs/` is this user's when envbuild
+                # makes it; an existing one (a shared store's) keeps the mode it was given
+                (root / sub).mkdir(0o700 if sub == "runs" else 0o777, parents=True,
+                                   exist_ok=True)
         except OSError as exc:
             raise InputError(f"store: cannot create {root}: {exc.strerror}; pass --store "
                              "DIR naming a directory you can write") from None
