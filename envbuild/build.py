@@ -186,7 +186,7 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         distributions=tuple(sorted((Distribution(a.entry.name, a.entry.version,
                                                  a.artifact.name, a.sha256)
                                     for a in artifacts), key=lambda d: d.name)),
-        environment=recipe.environment,
+        environment=recipe.environment, host_optional=recipe.host_optional,
         launch=LaunchPolicy(hook=recipe.launch_hook, root=recipe.launch_root,
                             record_environment=recipe.launch_record))
     seal(tmp, draft, interp.site, str(tmp).encode(), scan,

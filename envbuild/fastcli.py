@@ -29,6 +29,8 @@ def verify_main(args: list[str]) -> int:
         result = verify(str(opts.env), level=opts.level, expect=opts.expect)
     except Exception as exc:  # noqa: BLE001
         return report(exc, "envbuild verify")
+    for warning in result.warnings:
+        sys.stderr.write(f"envbuild verify: warning: {warning}\n")
     if opts.json:
         import json
 

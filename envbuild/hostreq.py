@@ -1,7 +1,8 @@
-"""What an environment's ELF files need from the host machine and do not ship.
+"""What an environment's ELF files need from the host machine and do not ship: the sonames,
+and per soname the symbol versions (GLIBC_2.34, GLIBCXX_3.4.30, ...) they need from it.
 
-`scan` runs at build time and needs pyelftools (imported inside it); the launch side's view
-of the host (`host`) is stdlib only.
+`scan` runs at build time and needs pyelftools (imported inside it); `host_records` writes
+the needs as quick-sidecar records, which the launch side (`loader`, stdlib only) reads.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import posixpath
 import re
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .host import version_tuple
@@ -18,15 +19,45 @@ from .host import version_tuple
 _ELF_MAGIC = b"\x7fELF"
 # GLIBC_PRIVATE and GLIBC_ABI_* are not orderable releases; only numeric ones bound the host.
 _GLIBC_RE = re.compile(r"GLIBC_(\d+(?:\.\d+)+)")
+_VER_FLG_WEAK = 0x2   # a weak version need: the loader runs the file without it
+_NAMED = 3            # files named per need in the quick sidecar; the count says the rest
 
 
 @dataclass(frozen=True)
 class HostNeeds:
     libraries: dict[str, list[str]]  # soname -> sorted env-relative paths of ELF files needing it
     glibc: str | None  # highest GLIBC_x.y any file's symbol versions require
+    # soname -> version name -> sorted env-relative paths of the files needing that version
+    versions: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
-        return {"libraries": {k: list(v) for k, v in self.libraries.items()}, "glibc": self.glibc}
+        return {"libraries": {k: list(v) for k, v in self.libraries.items()}, "glibc": self.glibc,
+                "versions": {s: {v: list(f) for v, f in vs.items()}
+                             for s, vs in self.versions.items()}}
+
+    def glibc_files(self) -> list[str]:
+        """The files needing the highest GLIBC_x.y (from whichever glibc library)."""
+        name = f"GLIBC_{self.glibc}"
+        return sorted({f for vs in self.versions.values() for f in vs.get(name, [])})
+
+
+def host_records(needs: HostNeeds, optional: Iterable[str] = ()) -> list[tuple[str, ...]]:
+    """The host needs as quick-sidecar records, which `loader.needs_from_records` reads:
+    `glibc VERSION N FILE...`, `lib SONAME N FILE...`, `libver SONAME VERSION N FILE...`
+    (N files need it, the first three named) and `libopt SONAME` for a recipe's
+    `[host] optional` library. Sorted, so the same needs give the same bytes."""
+
+    def named(files: list[str]) -> tuple[str, ...]:
+        return (str(len(files)), *files[:_NAMED])
+
+    records: list[tuple[str, ...]] = []
+    if needs.glibc:
+        records.append(("glibc", needs.glibc, *named(needs.glibc_files())))
+    records += [("lib", s, *named(needs.libraries[s])) for s in sorted(needs.libraries)]
+    records += [("libver", s, v, *named(files)) for s in sorted(needs.versions)
+                for v, files in sorted(needs.versions[s].items())]
+    records += [("libopt", s) for s in sorted(set(optional))]
+    return records
 
 
 def _is_elf(path: Path) -> bool:
@@ -37,8 +68,9 @@ def _is_elf(path: Path) -> bool:
         return False
 
 
-def _read_elf(path: Path) -> tuple[list[str], list[str], set[str]]:
-    """(DT_NEEDED, RPATH+RUNPATH entries, GLIBC versions) of one ELF file."""
+def _read_elf(path: Path) -> tuple[list[str], list[str], set[str], dict[str, set[str]]]:
+    """(DT_NEEDED, RPATH+RUNPATH entries, GLIBC versions, {needed file: version names}) of
+    one ELF file; weak version needs left out."""
     from elftools.elf.dynamic import DynamicSection, DynamicSegment
     from elftools.elf.elffile import ELFFile
     from elftools.elf.gnuversions import GNUVerNeedSection
@@ -46,6 +78,7 @@ def _read_elf(path: Path) -> tuple[list[str], list[str], set[str]]:
     needed: list[str] = []
     search: list[str] = []
     glibc: set[str] = set()
+    versions: dict[str, set[str]] = {}
     with path.open("rb") as f:
         elf = ELFFile(f)
         dynamics: list[DynamicSection | DynamicSegment] = [
@@ -67,12 +100,16 @@ def _read_elf(path: Path) -> tuple[list[str], list[str], set[str]]:
                     search.extend(p for p in value.split(":") if p)
         for sec in elf.iter_sections():
             if isinstance(sec, GNUVerNeedSection):
-                for _verneed, auxes in sec.iter_versions():
+                for verneed, auxes in sec.iter_versions():
+                    file = verneed.name or ""
                     for aux in auxes:
+                        if aux.entry.vna_flags & _VER_FLG_WEAK:
+                            continue
+                        versions.setdefault(file, set()).add(aux.name)
                         m = _GLIBC_RE.fullmatch(aux.name)
                         if m:
                             glibc.add(m.group(1))
-    return needed, search, glibc
+    return needed, search, glibc, versions
 
 
 def _origin_dirs(relpath: str, search: list[str]) -> list[str]:
@@ -106,16 +143,17 @@ def scan(root: Path, relpaths: Iterable[str]) -> HostNeeds:
     present = set(files)
     shipped = {posixpath.basename(p) for p in files}
     libraries: dict[str, set[str]] = {}
+    versions: dict[str, dict[str, set[str]]] = {}
     glibc: set[str] = set()
     for rel in files:
         path = root / rel
         if not _is_elf(path):
             continue
         try:
-            needed, search, versions = _read_elf(path)
+            needed, search, glibcs, needs = _read_elf(path)
         except (ELFError, OSError, ValueError, struct.error, EOFError, IndexError, KeyError):
             continue  # pyelftools raises a mix of these on truncated/corrupt files
-        glibc |= versions
+        glibc |= glibcs
         dirs = _origin_dirs(rel, search)
         for soname in needed:
             if soname in shipped:
@@ -123,7 +161,11 @@ def scan(root: Path, relpaths: Iterable[str]) -> HostNeeds:
             if any(_ships(root, present, posixpath.join(d, soname)) for d in dirs):
                 continue
             libraries.setdefault(soname, set()).add(rel)
+            for version in needs.get(soname, ()):
+                versions.setdefault(soname, {}).setdefault(version, set()).add(rel)
     return HostNeeds(
         libraries={k: sorted(libraries[k]) for k in sorted(libraries)},
         glibc=max(glibc, key=version_tuple) if glibc else None,
+        versions={s: {v: sorted(versions[s][v]) for v in sorted(versions[s])}
+                  for s in sorted(versions)},
     )

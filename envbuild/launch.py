@@ -88,6 +88,8 @@ def launch(env: str, argv: list[str], level: str = "quick", expect: str | None =
         raise
     child_env = dict(os.environ)
     try:
+        for warning in result.warnings:
+            _say(prog, f"warning: {warning}")
         _check_root(result, prog)
         if not result.ok:
             raise Refused("\n".join(d.line() for d in result.differences))

@@ -22,7 +22,7 @@ from . import __version__
 from .errors import BuildError, ManifestError
 from .fsutil import atomic_write
 from .hashing import file_digest, sha256_bytes
-from .hostreq import HostNeeds
+from .hostreq import HostNeeds, host_records
 from .layout import FILES, MANIFEST, META, PROVENANCE, QUICK
 from .recipe import EnvContract
 from .sidecars import FILES_SCHEMA, files_line, format_quick, read_manifest_bytes, walk
@@ -81,12 +81,14 @@ class Manifest:
     host: HostNeeds = field(default_factory=lambda: HostNeeds({}, None))
     sidecars: dict[str, str] = field(default_factory=dict)
     schema: str = SCHEMA
+    host_optional: tuple[str, ...] = ()  # [host] optional: needs that warn, not refuse
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.schema, "name": self.name, "env_key": self.env_key,
                 "inputs": dict(self.inputs), "interpreter": asdict(self.interpreter),
                 "distributions": [asdict(d) for d in self.distributions],
-                "tree_digest": self.tree_digest, "host": self.host.to_json(),
+                "tree_digest": self.tree_digest,
+                "host": {**self.host.to_json(), "optional": list(self.host_optional)},
                 "environment": self.environment.to_json(), "launch": asdict(self.launch),
                 "sidecars": dict(self.sidecars)}
 
@@ -111,7 +113,7 @@ _TOP: dict[str, type] = {"schema": str, "name": str, "env_key": str, "inputs": d
 _FIELDS: dict[str, tuple[str, ...]] = {
     "inputs": ("recipe", "lock"),
     "interpreter": tuple(f.name for f in fields(InterpreterRecord)),
-    "host": ("libraries", "glibc"),
+    "host": ("libraries", "glibc", "versions"),
     "environment": ("set", "require", "unset"),
     "launch": ("hook", "root", "record_environment"),
     "sidecars": ("quick",),
@@ -154,7 +156,10 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
                             record_environment=str(raw["launch"]["record_environment"])),
         tree_digest=raw["tree_digest"],
         host=HostNeeds(libraries={k: list(v) for k, v in raw["host"]["libraries"].items()},
-                       glibc=raw["host"]["glibc"]),
+                       glibc=raw["host"]["glibc"],
+                       versions={s: {v: list(f) for v, f in vs.items()}
+                                 for s, vs in raw["host"]["versions"].items()}),
+        host_optional=tuple(raw["host"].get("optional", ())),
         sidecars=dict(raw["sidecars"]), schema=raw["schema"])
 
 
@@ -246,9 +251,7 @@ def quick_records(site: str, root: Path, manifest: Manifest,
     if stdlib_landmark:   # without its stdlib the interpreter cannot even start
         records.append(("pystdlib", stdlib_landmark))
     records += startup_records(root, site, startup)
-    if host.glibc:
-        records.append(("glibc", host.glibc))
-    records += [("lib", soname) for soname in sorted(host.libraries)]
+    records += host_records(host, manifest.host_optional)
     records += [("set", k, v) for k, v in sorted(contract.set.items())]
     records += [("require", k) for k in sorted(contract.require)]
     records += [("unset", k) for k in sorted(contract.unset)]

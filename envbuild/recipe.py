@@ -30,11 +30,13 @@ ALWAYS_UNSET = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _TABLES: dict[str, set[str]] = {
-    "": {"name", "requires-python", "dependencies", "index", "environment", "launch", "image"},
+    "": {"name", "requires-python", "dependencies", "index", "environment", "launch", "image",
+         "host"},
     "index": {"url", "find-links"},
     "environment": {"set", "require", "unset"},
     "launch": {"hook", "root", "record-environment"},
     "image": {"base", "user", "entrypoint"},
+    "host": {"optional"},
 }
 
 
@@ -64,6 +66,7 @@ class Recipe:
     launch_hook: bool = False
     launch_root: str = "warn"
     launch_record: str = "values"   # [launch] record-environment: what run records keep
+    host_optional: tuple[str, ...] = ()   # [host] optional: host libraries that only warn
     find_links_as_written: tuple[str, ...] = ()   # what the lock header records
     image: dict[str, Any] = field(default_factory=dict)
     bytes_digest: str = ""     # of the file's bytes: what locks before envbuild.build/2 record
@@ -170,6 +173,12 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
     if record not in ("values", "names"):
         issues.append(f"{where('launch', 'record-environment')}: expected \"values\" or "
                       f"\"names\", found {record!r}")
+    host = data.get("host", {}) if isinstance(data.get("host", {}), dict) else {}
+    optional = host.get("optional", [])
+    if not isinstance(optional, list) or not all(isinstance(x, str) and x for x in optional):
+        issues.append(f"{where('host', 'optional')}: expected a list of sonames such as "
+                      f"\"libcuda.so.1\", found {optional!r}")
+        optional = []
     image = data.get("image", {}) if isinstance(data.get("image", {}), dict) else {}
     entry = image.get("entrypoint")
     if entry is not None and not (isinstance(entry, list)
@@ -186,7 +195,8 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
                   dependencies=tuple(str(d) for d in deps), index_url=str(index_url),
                   find_links=find_links, find_links_as_written=tuple(links),
                   environment=contract, launch_hook=bool(hook),
-                  launch_root=str(root), launch_record=str(record), image=dict(image))
+                  launch_root=str(root), launch_record=str(record), image=dict(image),
+                  host_optional=tuple(sorted(set(optional))))
 
 
 def meaning_digest(data: dict[str, Any]) -> str:

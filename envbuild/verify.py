@@ -48,12 +48,13 @@ class Report:
     """The outcome of one verification; `quick` holds the quick sidecar's records, which the
     launcher applies (the environment contract, the root policy)."""
 
-    __slots__ = ("env", "level", "manifest_digest", "differences", "quick")
+    __slots__ = ("env", "level", "manifest_digest", "differences", "quick", "warnings")
 
     def __init__(self, env: str, level: str, digest: str | None, differences: list[Difference],
-                 quick: dict[str, list[list[str]]]) -> None:
+                 quick: dict[str, list[list[str]]], warnings: list[str] | None = None) -> None:
         self.env, self.level, self.manifest_digest = env, level, digest
         self.differences, self.quick = differences, quick
+        self.warnings = warnings or []   # what does not refuse: optional host needs
 
     @property
     def ok(self) -> bool:
@@ -122,6 +123,7 @@ def verify(env: str, level: str = "quick", expect: str | None = None,
     manifest = read_manifest_bytes(env)
     digest = sha256_bytes(manifest)
     diffs: list[Difference] = []
+    warnings: list[str] = []
     if expect is not None and expect != digest:
         diffs.append(Difference("manifest", MANIFEST, expect, digest))
     quick = bound_sidecar(env, manifest, QUICK, b'"quick":"', diffs)
@@ -134,14 +136,15 @@ def verify(env: str, level: str = "quick", expect: str | None = None,
     trusted = trusted_owners(env, trusted_uids)
     if records:
         check_quick(env, records, trusted,
-                    (os.environ if environ is None else environ) if contract else None, diffs)
+                    (os.environ if environ is None else environ) if contract else None, diffs,
+                    warnings)
     if level != "quick":
         from .verify_files import check_files
 
         check_files(env, manifest, level == "full", trusted, diffs)
         # the files level sees again what quick saw in the paths both read
         diffs = list({(d.kind, d.subject): d for d in diffs}.values())
-    return Report(env, level, digest, diffs, records)
+    return Report(env, level, digest, diffs, records, warnings)
 
 
 # ---- the quick level: every launch's check -------------------------------------------------
@@ -149,7 +152,7 @@ def verify(env: str, level: str = "quick", expect: str | None = None,
 
 def check_quick(env: str, rec: dict[str, list[list[str]]], trusted: set[int],
                 environ: dict[str, str] | os._Environ[str] | None,
-                diffs: list[Difference]) -> None:
+                diffs: list[Difference], warnings: list[str]) -> None:
     """`environ` None: the launch contract's required variables are not checked."""
     site = rec["site"][0][0]
     # every path whose owner or mode decides what runs before this check has finished:
@@ -187,7 +190,7 @@ def check_quick(env: str, rec: dict[str, list[list[str]]], trusted: set[int],
             if name not in environ:
                 diffs.append(Difference("environment", name, "set (the recipe requires it)",
                                         "unset"))
-    _check_host(rec, diffs)
+    _check_host(env, rec, diffs, warnings)
 
 
 _KINDS = {"f": ("a regular file", "another kind of file"), "l": ("a symlink", "not a symlink"),
@@ -365,24 +368,17 @@ def _loaded_libpython() -> str | None:
     return os.fsdecode(fields[5]) if len(fields) == 6 else None
 
 
-def _check_host(rec: dict[str, list[list[str]]], diffs: list[Difference]) -> None:
-    from .host import host_glibc, version_tuple
-
-    for (needed,) in rec.get("glibc", []):
-        have = host_glibc()
-        if have is not None and version_tuple(have) < version_tuple(needed):
-            diffs.append(Difference("host", "glibc", f">= {needed}", have))
-    sonames = [fields[0] for fields in rec.get("lib", [])]
-    if not sonames:
+def _check_host(env: str, rec: dict[str, list[list[str]]], diffs: list[Difference],
+                warnings: list[str]) -> None:
+    """What the env needs from the host (`loader`): glibc new enough, every needed library
+    found as the loader would find it and defining every symbol version needed. A need the
+    recipe marked optional (`[host] optional`) is a warning, not a difference."""
+    if not any(k in rec for k in ("glibc", "lib", "libver")):
         return
-    key = sha256("\n".join(sonames).encode()).hexdigest()
-    name = "libs-" + key[:24]
-    if cached(name, key) == "ok":
-        return
-    from .host import missing_libraries
+    from .loader import host_gaps, needs_from_records
 
-    missing = missing_libraries(sonames)
-    for soname in missing:
-        diffs.append(Difference("host", soname, "a shared library on this host", "not found"))
-    if not missing:
-        remember(name, key, "ok")
+    for gap in host_gaps(needs_from_records(rec), env):
+        if gap.optional:
+            warnings.append(f"optional {gap.line()}")
+        else:
+            diffs.append(Difference("host", gap.subject, gap.expected, gap.found))
