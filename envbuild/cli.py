@@ -1,6 +1,7 @@
 """The command line: each command parses, calls one library function, prints."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: typer reads these annotations at run time,
+# and on Python 3.9 it cannot evaluate them from strings (options lose their names).
 
 import json
 import logging

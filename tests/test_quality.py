@@ -104,3 +104,13 @@ def test_the_env_carries_every_module_the_launch_path_imports() -> None:
 def test_modules_stay_small() -> None:
     for path in sorted((ROOT / "envbuild").glob("*.py")):
         assert len(path.read_text().splitlines()) <= 400, path.name
+
+
+def test_cli_annotations_are_evaluated() -> None:
+    """typer reads the CLI's annotations at run time; on Python 3.9 it cannot evaluate them
+    from strings, and every option would lose its name (`--json` became `--as-json`)."""
+    import ast
+
+    tree = ast.parse((ROOT / "envbuild" / "cli.py").read_text())
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+                   for n in tree.body)
