@@ -135,3 +135,73 @@ def missing_libraries(sonames: Iterable[str]) -> list[str]:
         if not found:
             missing.append(soname)
     return missing
+
+
+# ---- the host-library answer's cache entry (computed by `loader`, read here on a hit) ----
+
+LD_SO_CACHE = "/etc/ld.so.cache"
+_HOSTLIBS_FORMAT = "envbuild.hostlibs/1"     # part of every key: a new format is a miss
+
+
+def needs_source(rec: dict[str, list[list[str]]]) -> str:
+    """The quick sidecar's host-need records as one text: what the cache keys hold of them."""
+    from .sidecars import escape
+
+    return "\n".join(escape("\t".join([kind, *fields]))
+                     for kind in ("glibc", "lib", "libver", "libopt")
+                     for fields in rec.get(kind, []))
+
+
+def identity(path: str) -> str:
+    try:
+        return stat_key(path, os.stat(path))
+    except OSError:
+        return f"{path} absent"
+
+
+def _digest(parts: list[str]) -> str:
+    return str(sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest())
+
+
+def hostlibs_entry(root: str, source: str, env_dirs: list[str], cache_path: str,
+                   glibc: str | None) -> tuple[str, str]:
+    """(entry name, key) of the host-library answer for these needs, this env's path, these
+    LD_LIBRARY_PATH dirs, this ld.so.cache, this glibc and this host."""
+    from .sidecars import escape
+
+    inputs = [root, source, escape(":".join(env_dirs))]
+    uname = os.uname()
+    return ("hostlibs-" + _digest(inputs)[:24],
+            _digest([_HOSTLIBS_FORMAT, *inputs, identity(cache_path), str(glibc),
+                     uname.nodename, uname.machine]))
+
+
+def replay_gaps(value: str) -> list[tuple[str, str, str, bool]] | None:
+    """The stored gaps (subject, expected, found, optional) if every path of the entry's
+    evidence still stats the same, else None."""
+    from .sidecars import unescape
+
+    gaps = []
+    for line in value.split("\n"):
+        kind, *fields = [unescape(f) for f in line.split("\t")]
+        if kind == "E" and len(fields) == 2:
+            if identity(fields[0]) != fields[1]:
+                return None
+        elif kind == "G" and len(fields) == 4:
+            gaps.append((fields[1], fields[2], fields[3], fields[0] == "1"))
+        elif line:
+            return None
+    return gaps
+
+
+def cached_host_gaps(rec: dict[str, list[list[str]]], env: str
+                     ) -> list[tuple[str, str, str, bool]] | None:
+    """The host-library answer from the cache, without the loader's code, when nothing that
+    decides it changed and no LD_LIBRARY_PATH is set (its dirs need the loader's rules);
+    None: ask `loader.host_gaps`."""
+    if os.environ.get("LD_LIBRARY_PATH"):
+        return None
+    name, key = hostlibs_entry(os.path.abspath(env), needs_source(rec), [], LD_SO_CACHE,
+                               host_glibc())
+    value = cached(name, key)
+    return None if value is None else replay_gaps(value)

@@ -20,16 +20,25 @@ from __future__ import annotations
 import os
 import sys
 
-from .hashing import sha256
-from .host import cached, host_glibc, remember, stat_key, version_tuple
-from .sidecars import escape, unescape
+from .host import LD_SO_CACHE as LD_SO_CACHE  # re-exported: tests and callers name it here
+from .host import (
+    cached,
+    host_glibc,
+    hostlibs_entry,
+    needs_source,
+    remember,
+    replay_gaps,
+    version_tuple,
+)
+from .host import (
+    identity as _identity,
+)
+from .sidecars import escape
 
 TYPE_CHECKING = False   # not typing's: importing typing costs the launch path `re`
 if TYPE_CHECKING:
     from .elfread import Dynamic, Header
 
-LD_SO_CACHE = "/etc/ld.so.cache"
-_FORMAT = "envbuild.hostlibs/1"     # part of every cache key: a new format is a miss
 # the loader's own ld.so.cache flags (_DL_CACHE_DEFAULT_ID) by (e_machine, ELF class)
 _CACHE_IDS = {(62, 2): (0x0303,), (62, 1): (0x0803,), (3, 1): (0x0001, 0x0003),
               (183, 2): (0x0A03,), (21, 2): (0x0503,), (22, 2): (0x0403,)}
@@ -105,9 +114,7 @@ def needs_from_records(rec: dict[str, list[list[str]]]) -> Needs:
     for fields in rec.get("libver", []):
         needs.versions.setdefault(fields[0], {})[fields[1]] = _needers(fields[2:])
     needs.optional = {fields[0] for fields in rec.get("libopt", [])}
-    needs.source = "\n".join(escape("\t".join([kind, *fields]))
-                             for kind in ("glibc", "lib", "libver", "libopt")
-                             for fields in rec.get(kind, []))
+    needs.source = needs_source(rec)
     return needs
 
 
@@ -342,13 +349,6 @@ def _check(needs: Needs, root: str, have: str | None, resolver: Resolver) -> lis
 # ---- the per-host cache ------------------------------------------------------------------
 
 
-def _identity(path: str) -> str:
-    try:
-        return stat_key(path, os.stat(path))
-    except OSError:
-        return f"{path} absent"
-
-
 def host_gaps(needs: Needs, env_root: str, *, glibc: str | None = "",
               ld_library_path: str | None = None, cache_path: str = LD_SO_CACHE) -> list[Gap]:
     """`check`, answered from the per-host cache when nothing that decides the answer has
@@ -360,39 +360,16 @@ def host_gaps(needs: Needs, env_root: str, *, glibc: str | None = "",
     have = host_glibc() if glibc == "" else glibc
     root = os.path.abspath(env_root)
     resolver = Resolver(ld_library_path, cache_path)
-    inputs = [root, needs.source, escape(":".join(resolver.env_dirs))]
-    name = "hostlibs-" + _digest(inputs)[:24]
-    uname = os.uname()
-    key = _digest([_FORMAT, *inputs, _identity(cache_path), str(have), uname.nodename,
-                   uname.machine])
+    name, key = hostlibs_entry(root, needs.source, resolver.env_dirs, cache_path, have)
     value = cached(name, key)
     if value is not None:
-        gaps = _replay(value)
-        if gaps is not None:
-            return gaps
+        stored = replay_gaps(value)
+        if stored is not None:
+            return [Gap(*fields) for fields in stored]
     gaps = _check(needs, root, have, resolver)
     lines = [f"E\t{escape(p)}\t{escape(ident)}" for p, ident in resolver.evidence.items()]
     lines += [f"G\t{int(g.optional)}\t" + "\t".join(escape(f) for f in (g.subject, g.expected,
                                                                          g.found))
               for g in gaps]
     remember(name, key, "\n".join(lines))
-    return gaps
-
-
-def _digest(parts: list[str]) -> str:
-    return str(sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest())
-
-
-def _replay(value: str) -> list[Gap] | None:
-    """The stored gaps if every path of the evidence still stats the same, else None."""
-    gaps = []
-    for line in value.split("\n"):
-        kind, *fields = [unescape(f) for f in line.split("\t")]
-        if kind == "E" and len(fields) == 2:
-            if _identity(fields[0]) != fields[1]:
-                return None
-        elif kind == "G" and len(fields) == 4:
-            gaps.append(Gap(fields[1], fields[2], fields[3], fields[0] == "1"))
-        elif line:
-            return None
     return gaps

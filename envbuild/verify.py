@@ -13,7 +13,7 @@ import stat
 import sys
 
 from .hashing import file_digest, sha256, sha256_bytes
-from .host import cached, interpreter_digest, remember, stat_key
+from .host import cached, cached_host_gaps, interpreter_digest, remember, stat_key
 from .layout import GUARD, LAUNCH_DIR, LAUNCH_PKG, MANIFEST, META, QUICK, staging_root_of
 from .sidecars import QUICK_SCHEMA, parse_dist_info, read_manifest_bytes, read_quick, startup_dir
 
@@ -375,10 +375,14 @@ def _check_host(env: str, rec: dict[str, list[list[str]]], diffs: list[Differenc
     recipe marked optional (`[host] optional`) is a warning, not a difference."""
     if not any(k in rec for k in ("glibc", "lib", "libver")):
         return
-    from .loader import host_gaps, needs_from_records
+    gaps = cached_host_gaps(rec, env)   # a hit: the loader's code is not even imported
+    if gaps is None:
+        from .loader import host_gaps, needs_from_records
 
-    for gap in host_gaps(needs_from_records(rec), env):
-        if gap.optional:
-            warnings.append(f"optional {gap.line()}")
+        gaps = [(g.subject, g.expected, g.found, g.optional)
+                for g in host_gaps(needs_from_records(rec), env)]
+    for subject, expected, found, optional in gaps:
+        if optional:
+            warnings.append(f"optional host: {subject}: expected {expected}, found {found}")
         else:
-            diffs.append(Difference("host", gap.subject, gap.expected, gap.found))
+            diffs.append(Difference("host", subject, expected, found))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import Built
 
 from envbuild import host
 from envbuild.host import missing_libraries, version_tuple
@@ -48,3 +50,17 @@ def test_ld_so_conf_follows_include_globs_without_looping(tmp_path: Path) -> Non
     (tmp_path / "conf.d/c.conf").write_text("# only a comment\n/opt/c/lib:/opt/d/lib\n")
     dirs = host._ld_so_conf_dirs(str(tmp_path / "ld.so.conf"), set())
     assert dirs == ["/opt/b/lib", "/opt/c/lib", "/opt/d/lib", "/opt/a/lib"]
+
+
+
+def test_a_warm_host_check_does_not_import_the_loader(built: Built) -> None:
+    """At a launch whose host answer is cached, the loader's code is not even imported; the
+    first check (a miss) does use it, and both answer alike."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1] + '/lib/envbuild-launch'); "
+            "from envbuild.verify import verify; r = verify(sys.argv[1]); "
+            "print(r.ok, 'envbuild.loader' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    runs = [subprocess.run([str(built.env / "bin" / "python"), "-I", "-S", "-c", code,
+                            str(built.env)], capture_output=True, text=True, env=env,
+                           check=True).stdout.split() for _ in range(2)]
+    assert runs[1] == ["True", "False"], runs
