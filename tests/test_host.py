@@ -7,26 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import Built
 
-from envbuild import host
-from envbuild.host import missing_libraries, version_tuple
+from envbuild.host import version_tuple
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def test_missing_libraries() -> None:
-    assert missing_libraries(["libc.so.6", "libdoesnotexist.so.9"]) == ["libdoesnotexist.so.9"]
-    assert missing_libraries([]) == []
-
-
-def test_missing_libraries_honours_ld_library_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "libdoesnotexist.so.9").write_bytes(b"")
-    monkeypatch.setenv("LD_LIBRARY_PATH", f"/nonexistent:{tmp_path}")
-    assert missing_libraries(["libdoesnotexist.so.9"]) == []
 
 
 def test_version_tuple_compares_numerically() -> None:
@@ -37,20 +22,10 @@ def test_version_tuple_compares_numerically() -> None:
 
 def test_launch_side_does_not_import_elftools() -> None:
     code = (
-        "import sys, envbuild.host as h; h.host_glibc(); h.missing_libraries(['x']); "
+        "import sys, envbuild.host as h; h.host_glibc(); "
         "assert 'elftools' not in sys.modules, 'elftools imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
-
-
-def test_ld_so_conf_follows_include_globs_without_looping(tmp_path: Path) -> None:
-    (tmp_path / "conf.d").mkdir()
-    (tmp_path / "ld.so.conf").write_text("include conf.d/*.conf\n/opt/a/lib # comment\n")
-    (tmp_path / "conf.d/b.conf").write_text(f"/opt/b/lib\ninclude {tmp_path}/ld.so.conf\n")
-    (tmp_path / "conf.d/c.conf").write_text("# only a comment\n/opt/c/lib:/opt/d/lib\n")
-    dirs = host._ld_so_conf_dirs(str(tmp_path / "ld.so.conf"), set())
-    assert dirs == ["/opt/b/lib", "/opt/c/lib", "/opt/d/lib", "/opt/a/lib"]
-
 
 
 def test_a_warm_host_check_does_not_import_the_loader(built: Built) -> None:

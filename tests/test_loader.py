@@ -519,8 +519,9 @@ def test_cache_follows_the_needing_file(tmp_path: Path, built: Built) -> None:
 
 def test_cache_follows_the_host(tmp_path: Path, built: Built) -> None:
     """An entry copied to another host name's cache dir is not taken for that host's."""
-    if subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode != 0:
-        pytest.skip("no permission to make a UTS namespace (unshare --uts)")
+    probe = subprocess.run(["unshare", "--uts", "true"], capture_output=True, text=True)
+    assert probe.returncode == 0, ("the test needs a UTS namespace (`unshare --uts`, as root, "
+                                   f"util-linux): {probe.stderr}")
     needs = _env(tmp_path / "env", {"pkg/_ext.so": built.ext})
     llp = str(built.old.parent)
     assert _hit_then(needs, tmp_path / "env", llp) == [GAP]
