@@ -30,9 +30,7 @@ from .host import (
     replay_gaps,
     version_tuple,
 )
-from .host import (
-    identity as _identity,
-)
+from .host import identity as _identity
 from .sidecars import escape
 
 TYPE_CHECKING = False   # not typing's: importing typing costs the launch path `re`
@@ -207,7 +205,7 @@ class Resolver:
         relative to cwd."""
         out: list[str] = []
         for entry in value.split(":"):
-            expanded = _expand(entry, origin, default_dirs()[0][1:], os.uname().machine
+            expanded = _expand(entry, origin, default_dirs()[0][1:], loader_platform()
                                ) if "$" in entry else entry
             if expanded is None:
                 continue
@@ -256,6 +254,33 @@ class Resolver:
                 # the loader tries the cache's first match only, then the default dirs
                 return path if self._probe(path, want) in ("ok", "broken") else None
         return None
+
+
+_PLATFORM: list[str] = []
+
+
+def loader_platform() -> str:
+    """What the loader substitutes for $PLATFORM: the kernel's AT_PLATFORM, except that
+    glibc on an Intel x86-64 CPU names its own (sysdeps/x86/cpu-features.c): "xeon_phi"
+    with AVX512CD/ER/PF, else "haswell" with AVX2, FMA, BMI1, BMI2, LZCNT, MOVBE, POPCNT."""
+    if not _PLATFORM:
+        info: dict[str, str] = {}
+        try:
+            with open("/proc/cpuinfo") as fh:
+                for line in fh:   # the first CPU's lines, up to its flags
+                    key, _, value = (part.strip() for part in line.partition(":"))
+                    if info.setdefault(key, value) and key == "flags":
+                        break
+        except OSError:   # no /proc: the kernel's name
+            pass
+        flags, name = set(info.get("flags", "").split()), os.uname().machine
+        if name == "x86_64" and info.get("vendor_id") == "GenuineIntel":
+            if {"avx512cd", "avx512er", "avx512pf"} <= flags:
+                name = "xeon_phi"
+            elif {"avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "popcnt"} <= flags:
+                name = "haswell"
+        _PLATFORM.append(name)
+    return _PLATFORM[0]
 
 
 def _expand(entry: str, origin: str | None, lib: str, platform: str) -> str | None:

@@ -22,7 +22,15 @@ from envbuild.elfread import read_dynamic, read_ld_so_cache
 from envbuild.host import host_glibc
 from envbuild.hostreq import host_records, scan
 from envbuild.layout import host_cache_dir
-from envbuild.loader import Gap, Needs, check, host_gaps, needs_from_records, resolve
+from envbuild.loader import (
+    Gap,
+    Needs,
+    check,
+    host_gaps,
+    loader_platform,
+    needs_from_records,
+    resolve,
+)
 from envbuild.sidecars import format_quick, read_quick
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,6 +230,14 @@ def test_rpath_comes_before_ld_library_path_and_runpath_after(tree: Path) -> Non
         tree / "other/libebtest.so.1")
 
 
+def test_platform_is_the_loaders() -> None:
+    """$PLATFORM is what ld.so itself names AT_PLATFORM (glibc picks "haswell" on a recent
+    Intel CPU whatever the kernel says)."""
+    out = subprocess.run([LD_SO, "--help"], capture_output=True, text=True).stdout
+    named = [line.split()[0] for line in out.splitlines() if "(AT_PLATFORM" in line]
+    assert named == [loader_platform()], out
+
+
 def test_dynamic_string_tokens(tmp_path: Path, built: Built) -> None:
     """${ORIGIN}, $LIB and $PLATFORM expand as the loader expands them."""
     lib = MULTIARCH[1:]
@@ -229,7 +245,7 @@ def test_dynamic_string_tokens(tmp_path: Path, built: Built) -> None:
     _cc(built.root, "-shared", "-fPIC", "ext.c", "-Lnew", "-l:libebtest.so.1",
         f"-Wl,-rpath,{runpath}", "-Wl,--enable-new-dtags", "-o", str(tmp_path / "tok.so"))
     tok = str(tmp_path / "tok.so")
-    for where in (f"p/{os.uname().machine}", lib, "sub"):   # each one earlier in the path
+    for where in (f"p/{loader_platform()}", lib, "sub"):   # each one earlier in the path
         (tmp_path / where).mkdir(parents=True)
         shutil.copy(built.new, tmp_path / where / "libebtest.so.1")
         assert _same_as_loader([tok], None, tmp_path) >= 2
