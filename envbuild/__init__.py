@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 # Bumped whenever the bytes a build produces change for the same inputs: part of env_key.
-BUILD_FORMAT = "envbuild.build/2"
+BUILD_FORMAT = "envbuild.build/3"

@@ -25,7 +25,7 @@ from .interpreter import Interpreter, probe
 from .layout import LAUNCH_DIR, MANIFEST
 from .lock import Lock, read_lock
 from .manifest import Distribution, InterpreterRecord, LaunchPolicy, Manifest, read_manifest, seal
-from .proc import hermetic_env, pip_argv, run_tool
+from .proc import hermetic_env, installer_identity, pip_argv, run_tool
 from .recipe import Recipe, load_recipe
 from .startup import probe_startup
 from .store import Store, clear_leftovers, env_key, exclusive
@@ -59,30 +59,33 @@ class BuildResult:
 
 def build(recipe_path: Path, store_dir: Path | None = None, python: str | None = None,
           offline: bool = False, progress: Progress = lambda _msg: None,
-          check: Check | None = None, force: bool = False) -> BuildResult:
+          check: Check | None = None, force: bool = False,
+          fixed_time: str | None = None) -> BuildResult:
     """The env the recipe's lock describes, at `<store>/envs/<name>-<key>`.
 
     An env already there is handed out only if `check` finds it intact; a damaged one is
     moved aside to `envs/.damaged-<name>-<key>-<utc>/` and built again. `force` builds
     again whatever is there (the old env is removed once the new one is in place).
+    `fixed_time` (an image's build): the provenance names that time and no host or user.
     """
     recipe = load_recipe(recipe_path)
     lock = read_lock(recipe)
     interp = probe(python)
-    _check_interpreter(recipe, lock, interp)
+    check_interpreter(recipe, lock, interp)
     where = Store.path_for(store_dir)
     if offline and not Path(Store(where).layout.wheels).is_dir():
         # refused before the store is created: bad input changes nothing on disk
         raise CacheIntegrityError(f"--offline: the store {where} has no "
                                   "wheel cache yet; build once without --offline to fill it")
     return _build_in(Store.locate(store_dir), recipe, lock, interp, offline, progress,
-                     check, force)
+                     check, force, fixed_time)
 
 
 def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, offline: bool,
-              progress: Progress, check: Check | None, force: bool) -> BuildResult:
+              progress: Progress, check: Check | None, force: bool,
+              fixed_time: str | None = None) -> BuildResult:
     key = env_key(lock.text, recipe.digest, interp.identity(), interp.platform,
-                  launcher_digest())
+                  launcher_digest(), installer_identity())
     final = store.env_path(recipe.name, key)
     seen = None if force else _judge(final, check, progress)
     if seen == "intact":
@@ -108,7 +111,7 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
         tmp = Path(tempfile.mkdtemp(prefix=store.layout.tmp_env_prefix(recipe.name, key),
                                     dir=store.envs))
         try:
-            _assemble(tmp, recipe, lock, interp, artifacts, key, store, progress)
+            _assemble(tmp, recipe, lock, interp, artifacts, key, store, progress, fixed_time)
             progress(f"publishing {final}")
             if not publish_dir(tmp, final):   # published meanwhile: same key, same bytes
                 remove_tree(tmp)
@@ -148,19 +151,23 @@ def _result(final: Path, key: str, cached: bool, moved: Path | None = None) -> B
     return BuildResult(final, key, read_manifest(final).digest, cached, moved)
 
 
-def _check_interpreter(recipe: Recipe, lock: Lock, interp: Interpreter) -> None:
-    recipe.check_python(interp.version, f"{interp.executable} (Python {interp.version})",
-                        "pass --python")
+def check_interpreter(recipe: Recipe, lock: Lock, interp: Interpreter,
+                      where: str = "") -> None:
+    """The interpreter satisfies the recipe's requires-python and is the lock's Python."""
+    what = f"{interp.executable}{' in ' + where if where else ''}"
+    recipe.check_python(interp.version, f"{what} (Python {interp.version})",
+                        "pass --base" if where else "pass --python")
     locked_for = lock.header.get("python", "").split(" ")[0]
     have = ".".join(interp.version.split(".")[:2])
     if locked_for and locked_for != have:
         raise InputError(f"{lock.path}: locked for Python {locked_for}, found "
-                         f"{interp.executable} (Python {have}); lock with that Python or pass "
-                         "--python")
+                         f"{what} (Python {have}); lock for that Python or pass "
+                         f"{'--base' if where else '--python'}")
 
 
 def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
-              artifacts: list[Artifact], key: str, store: Store, progress: Progress) -> None:
+              artifacts: list[Artifact], key: str, store: Store, progress: Progress,
+              fixed_time: str | None = None) -> None:
     progress(f"creating a venv for Python {interp.version}")
     run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt", recipe.name,
               str(tmp)], env=hermetic_env())
@@ -190,7 +197,8 @@ def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         launch=LaunchPolicy(hook=recipe.launch_hook, root=recipe.launch_root,
                             record_environment=recipe.launch_record))
     seal(tmp, draft, interp.site, str(tmp).encode(), scan,
-         stdlib_landmark=os.path.join(interp.stdlib, "os.py"), startup=startup)
+         stdlib_landmark=os.path.join(interp.stdlib, "os.py"), startup=startup,
+         fixed_time=fixed_time)
     _freeze_dirs(tmp)
 
 

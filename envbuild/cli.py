@@ -132,6 +132,47 @@ def build(
         typer.echo(str(result.path))
 
 
+@app.command()
+def image(
+    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file (its lock must be "
+                                           "fresh and made for the base's Python).")],
+    tag: Annotated[str, typer.Option("--tag", "-t", help="The image's name:tag "
+                                     "(REGISTRY/REPO:TAG to --push).")],
+    base: Annotated[Optional[str], typer.Option(  # noqa: UP007
+        help="Base image in the engine (default: the recipe's [image] base); never "
+             "pulled.")] = None,
+    push: Annotated[bool, typer.Option("--push", help="Push the image to the tag's registry "
+                                       "and print REPO@sha256:DIGEST.")] = False,
+    ca: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="CA certificates (PEM) for a TLS registry the system does not trust.")] = None,
+    store: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="Store directory (default: $ENVBUILD_STORE, else the user cache dir).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object with image_id, "
+                                          "manifest_digest and pushed_digest.")] = False,
+) -> None:
+    """Build RECIPE's env into a container image through the docker engine at $DOCKER_HOST.
+
+    The env is built inside the base image by its own python3, offline (network none), by
+    the builder stage of Dockerfile.template; the final image is written by envbuild: the
+    base's layers verbatim, the env at /opt/envbuild/NAME in a few deterministic layers,
+    ENTRYPOINT the env's envbuild-guard (every `docker run IMAGE CMD...` verifies first),
+    CMD the recipe's [image] entrypoint, a numeric non-root user. The same lock and base give
+    the same image ID on any engine. Prints the image ID (with --push, REPO@sha256:...).
+
+    Example: envbuild image recipes/webclient.toml --tag localhost/webclient:1
+    """
+    from .image import build_image
+
+    with handle_errors(), _progress() as progress:
+        result = build_image(recipe, tag, base=base, store_dir=store, push=push, ca=ca,
+                             progress=progress)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), sort_keys=True))
+    else:
+        typer.echo(f"envbuild: image {result.tag} ({result.manifest_digest})", err=True)
+        typer.echo(result.pushed_digest or result.image_id)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def verify(ctx: typer.Context) -> None:
     """Compare ENV with its manifest; list every difference, one line each.

@@ -4,11 +4,10 @@ check itself. `cli.py` shows their help; `__main__` sends everything else to typ
 
 from __future__ import annotations
 
-import sys
-
 from .errors import report
-from .launch import RUN_USAGE, VERIFY_USAGE, launch, parse
-from .verify import verify
+from .launch import RUN_USAGE, VERIFY_USAGE, launch, parse, verify_and_report
+
+DOCKER = "docker://"     # an image in the engine at $DOCKER_HOST: checked in a container
 
 
 def run_main(args: list[str]) -> int:
@@ -16,6 +15,10 @@ def run_main(args: list[str]) -> int:
     code of the reason it did not start (125, 126, 127)."""
     try:
         opts = parse(args, RUN_USAGE, want_env=True, want_cmd=True)
+        if str(opts.env).startswith(DOCKER):
+            from .imagerun import run_image
+
+            return run_image(str(opts.env)[len(DOCKER):], opts)
         return launch(str(opts.env), opts.cmd, level=opts.level, expect=opts.expect)
     except Exception as exc:  # noqa: BLE001 - every failure of ours refuses, never 1
         return report(exc, "envbuild run", launch=True)
@@ -26,19 +29,10 @@ def verify_main(args: list[str]) -> int:
     of verify itself: never 1, which reads as "differs")."""
     try:
         opts = parse(args, VERIFY_USAGE, want_env=True, want_cmd=False, flags=("--json",))
-        result = verify(str(opts.env), level=opts.level, expect=opts.expect)
+        if str(opts.env).startswith(DOCKER):
+            from .imagerun import verify_image
+
+            return verify_image(str(opts.env)[len(DOCKER):], opts)
     except Exception as exc:  # noqa: BLE001
         return report(exc, "envbuild verify")
-    for warning in result.warnings:
-        sys.stderr.write(f"envbuild verify: warning: {warning}\n")
-    if opts.json:
-        import json
-
-        print(json.dumps(result.to_json(), sort_keys=True))
-    else:
-        for diff in result.differences:
-            print(diff.line())
-        if result.ok:
-            print(f"ok: {result.env} matches {result.manifest_digest} ({result.level})")
-    sys.stdout.flush()
-    return 0 if result.ok else 1
+    return verify_and_report(str(opts.env), opts, "envbuild verify")

@@ -85,6 +85,9 @@ class Interpreter:
     sha256: str
     stdlib_digest: str
     libpython: dict[str, str] | None = None   # {path, sha256} of a shared libpython
+    # set for an interpreter that lives elsewhere (inside an image): the platform tags its
+    # wheels may carry, since this host's own tags say nothing about it
+    foreign_platforms: tuple[str, ...] = ()
 
     def identity(self) -> dict[str, Any]:
         """What the manifest records and the env key hashes."""
@@ -95,6 +98,12 @@ class Interpreter:
 
     def supported_tags(self) -> set[tags.Tag]:
         major, minor = (int(x) for x in self.version.split(".")[:2])
+        if self.foreign_platforms:
+            platforms = list(self.foreign_platforms)
+            found = set(tags.cpython_tags((major, minor), [self.abi, "abi3", "none"],
+                                          platforms))
+            found.update(tags.compatible_tags((major, minor), self.abi[:4], platforms))
+            return found
         if (major, minor) == sys.version_info[:2] and self.implementation == "cpython" \
                 and sys.implementation.name == "cpython":
             return set(tags.sys_tags())
@@ -123,6 +132,32 @@ def probe(python: str | None) -> Interpreter:
                        libpython=_libpython(info["libpython"]))
 
 
+def image_interpreter(info: dict[str, Any]) -> Interpreter:
+    """The interpreter inside an image, from the probe's answer there: enough to resolve
+    the lock's markers and fetch wheels for it; its hashes are taken where it runs."""
+    return Interpreter(executable=info["executable"], implementation=info["implementation"],
+                       version=info["version"], abi=info["abi"], platform=info["platform"],
+                       libc=info["libc"], stdlib=info["stdlib"], site=info["site"],
+                       cache_tag=info["cache_tag"], markers=info["markers"], sha256="",
+                       stdlib_digest="", foreign_platforms=tuple(
+                           linux_platforms(info["libc"], info["markers"]["platform_machine"])))
+
+
+def linux_platforms(libc: str, machine: str) -> list[str]:
+    """The platform tags a Linux interpreter with this libc accepts, most specific first:
+    manylinux_2_N down to 2_5 (with their legacy aliases) for glibc, then linux_ARCH."""
+    out: list[str] = []
+    name, _, version = libc.partition(" ")
+    if name == "glibc" and version.count(".") >= 1:
+        major, minor = (int(x) for x in version.split(".")[:2])
+        aliases = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+        for m in range(minor, 4, -1) if major == 2 else ():
+            out.append(f"manylinux_{major}_{m}_{machine}")
+            if m in aliases:
+                out.append(f"{aliases[m]}_{machine}")
+    return [*out, f"linux_{machine}"]
+
+
 def _libpython(path: str | None) -> dict[str, str] | None:
     """The shared libpython a `--enable-shared` build's small binary runs, by its real path:
     swapping it swaps the interpreter, so launches check its hash as they check the binary's."""
@@ -131,6 +166,9 @@ def _libpython(path: str | None) -> dict[str, str] | None:
     real = os.path.realpath(path)
     digest = interpreter_digest(real)
     return {"path": real, "sha256": digest} if digest else None
+
+
+PROBE_SCRIPT = _PROBE
 
 
 def _probe_info(exe: str) -> dict[str, Any]:

@@ -230,6 +230,8 @@ RUN_USAGE = "usage: envbuild run ENV [--level L] [--expect sha256:HEX] [--] CMD 
 VERIFY_USAGE = ("usage: envbuild verify ENV [--level quick|files|full] [--expect sha256:HEX] "
                 "[--json]")
 GUARD_USAGE = "usage: envbuild-guard [--level L] [--expect sha256:HEX] [--] CMD ARGS..."
+GUARD_VERIFY_USAGE = ("usage: envbuild-guard --verify [--level quick|files|full] "
+                      "[--expect sha256:HEX] [--json]")
 
 
 class Args:
@@ -322,8 +324,42 @@ def hook_check(prefix: str) -> None:
         sys.path.remove(launch_dir)
 
 
+def verify_and_report(env: str, opts: Args, prog: str) -> int:
+    """Verify, print every difference (or `--json`'s report); 0 match, 1 mismatch, 2 not an
+    env or a failure of verify itself (never 1, which reads as "differs")."""
+    try:
+        result = verify(env, level=opts.level, expect=opts.expect)
+    except Exception as exc:  # noqa: BLE001
+        return report(exc, prog)
+    for warning in result.warnings:
+        sys.stderr.write(f"{prog}: warning: {warning}\n")
+    if opts.json:
+        import json
+
+        print(json.dumps(result.to_json(), sort_keys=True))
+    else:
+        for diff in result.differences:
+            print(diff.line())
+        if result.ok:
+            print(f"ok: {result.env} matches {result.manifest_digest} ({result.level})")
+    sys.stdout.flush()
+    return 0 if result.ok else 1
+
+
 def guard_main() -> None:
-    """Entry of ENV/bin/envbuild-guard: argv is [-c, BIN_DIR, options..., CMD...]."""
+    """Entry of ENV/bin/envbuild-guard: argv is [-c, BIN_DIR, options..., CMD...]; with
+    `--verify` first, it verifies only and reports as `envbuild verify` does (an image's
+    ENTRYPOINT is the guard: `docker run IMAGE --verify --json`)."""
+    if sys.argv[2:3] == ["--verify"]:
+        try:
+            env = os.path.dirname(os.path.abspath(sys.argv[1]))
+            opts = parse(sys.argv[3:], GUARD_VERIFY_USAGE, want_env=False, want_cmd=False,
+                         flags=("--json",))
+            code = verify_and_report(env, opts, "envbuild verify")
+        except BaseException as exc:  # noqa: BLE001
+            code = report(exc, "envbuild verify")
+        sys.stdout.flush()
+        os._exit(code)
     try:
         env = os.path.dirname(os.path.abspath(sys.argv[1]))
         opts = parse(sys.argv[2:], GUARD_USAGE, want_env=False, want_cmd=True)

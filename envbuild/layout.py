@@ -105,6 +105,14 @@ class StoreLayout:
     def build_lock(self, name: str, env_key: str) -> str:
         return os.path.join(self.locks, f"{name}-{short_key(env_key)}.lock")
 
+    def image_tools(self, abi: str) -> str:
+        """envbuild's build-side wheels for an image's interpreter (its builder stage)."""
+        return os.path.join(self.root, "tools", f"image-{abi}")
+
+    def blobs(self) -> str:
+        """Compressed image layers, by their uncompressed digest, so a push is the same."""
+        return os.path.join(self.root, "blobs")
+
     def runlog(self, host: str) -> str:
         """One run-record file per host: appends are not atomic across NFS clients."""
         return os.path.join(self.runs, host + ".jsonl")

@@ -262,7 +262,8 @@ def quick_records(site: str, root: Path, manifest: Manifest,
 
 def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
          host_scan: Callable[[Path, list[str]], HostNeeds],
-         stdlib_landmark: str | None = None, startup: Startup | None = None) -> Manifest:
+         stdlib_landmark: str | None = None, startup: Startup | None = None,
+         fixed_time: str | None = None) -> Manifest:
     """Write the sidecars and the manifest into `root`; return the manifest.
 
     `draft` holds everything but what is computed here: the tree digest, the host needs
@@ -277,9 +278,11 @@ def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
     manifest = replace(manifest, sidecars={"quick": sha256_bytes(quick)})
     atomic_write(root / FILES, listing.sidecar, mode=0o444)
     atomic_write(root / QUICK, quick, mode=0o444)
-    atomic_write(root / PROVENANCE, canonical({
-        "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": socket.gethostname(), "user": getpass.getuser(),
-        "envbuild_version": __version__}), mode=0o444)
+    # an image's env takes a fixed time and names nobody, so the image is the same anywhere
+    provenance = {"built_utc": fixed_time, "envbuild_version": __version__} if fixed_time \
+        else {"built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "host": socket.gethostname(), "user": getpass.getuser(),
+              "envbuild_version": __version__}
+    atomic_write(root / PROVENANCE, canonical(provenance), mode=0o444)
     atomic_write(root / MANIFEST, manifest.to_bytes(), mode=0o444)
     return manifest

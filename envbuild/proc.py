@@ -48,6 +48,13 @@ def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     return proc.stdout
 
 
+def installer_identity() -> str:
+    """The pip that `pip_argv` runs, by name and version."""
+    from importlib.metadata import version
+
+    return f"pip {version('pip')}"
+
+
 def pip_argv(*args: str) -> list[str]:
     """pip as shipped beside envbuild, whatever interpreter it will act on."""
     return [sys.executable, "-m", "pip", *args]

@@ -78,13 +78,14 @@ class Store:
 
 
 def env_key(lock_text: str, recipe_digest: str, interpreter: dict[str, object],
-            platform: str, launcher: str) -> str:
+            platform: str, launcher: str, installer: str) -> str:
     """A digest of everything that decides the env's bytes; `launcher` is the digest of
-    the launch code every env carries."""
+    the launch code every env carries, `installer` names the pip that installs (its
+    RECORD and INSTALLER files are in the tree)."""
     material = json.dumps({"lock": hashlib.sha256(lock_text.encode()).hexdigest(),
                            "recipe": recipe_digest, "interpreter": interpreter,
                            "platform": platform, "format": BUILD_FORMAT,
-                           "launcher": launcher},
+                           "launcher": launcher, "installer": installer},
                           sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(material.encode()).hexdigest()
 

@@ -50,6 +50,12 @@ class WheelCache:
 
     def fill(self, entries: list[LockEntry]) -> list[Artifact]:
         """One checked artifact per entry, downloading (or building) only what is missing."""
+        found = self.fetch(entries)
+        return [self._wheel_for(entry, *found[entry.name]) for entry in entries]
+
+    def fetch(self, entries: list[LockEntry]) -> dict[str, tuple[Path, str]]:
+        """Each entry's checked artifact as the lock hashed it (a wheel this interpreter
+        accepts, else an sdist) and its digest, downloading only what is missing."""
         found: dict[str, tuple[Path, str]] = {}
         missing: list[LockEntry] = []
         for entry in entries:
@@ -66,7 +72,7 @@ class WheelCache:
                                           "--offline to fill the cache")
             self.progress(f"downloading {len(missing)} of {len(entries)} artifacts")
             found.update(self._download(missing))
-        return [self._wheel_for(entry, *found[entry.name]) for entry in entries]
+        return found
 
     def _lookup(self, entry: LockEntry) -> tuple[Path, str] | None:
         """A cached artifact of the entry whose bytes match the lock, and its digest."""
@@ -106,7 +112,15 @@ class WheelCache:
         return args
 
     def _pip(self, *args: str) -> list[str]:
-        return pip_argv("--python", self.interp.executable, *args)
+        if not self.interp.foreign_platforms:
+            return pip_argv("--python", self.interp.executable, *args)
+        # an interpreter elsewhere (in an image): pip picks wheels for its tags; with
+        # --no-deps an sdist comes as it is, to be built where that interpreter runs
+        target = ["--python-version", ".".join(self.interp.version.split(".")[:2]),
+                  "--implementation", self.interp.abi[:2], "--abi", self.interp.abi]
+        for platform in self.interp.foreign_platforms:
+            target += ["--platform", platform]
+        return pip_argv(*args, *target)
 
     def _download(self, entries: list[LockEntry]) -> dict[str, tuple[Path, str]]:
         tmp = Path(tempfile.mkdtemp(prefix="download-", dir=self.store.tmp))

@@ -1,0 +1,288 @@
+"""Container images from a lock: the env built inside the base image by the builder stage
+(`Dockerfile.template`), then the final image written by envbuild itself (`imagelayers`)
+and loaded into the engine, whose ID is checked against the one computed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .build import check_interpreter
+from .errors import BuildError, InputError
+from .fsutil import remove_tree
+from .imagelayers import (
+    ImageConfig,
+    WrittenConfig,
+    env_layers,
+    iso,
+    read_saved,
+    write_config,
+    write_loadable,
+)
+from .interpreter import PROBE_SCRIPT, Interpreter, image_interpreter
+from .lock import read_lock
+from .manifest import parse_manifest
+from .proc import hermetic_env, pip_argv, run_tool
+from .recipe import Recipe, load_recipe
+from .store import Store
+from .wheelcache import WheelCache
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+FIXED_EPOCH = 315532800          # 1980-01-01, the zip format's first day, as pip uses
+DEFAULT_USER = "65532:65532"     # numeric and not root, whatever the base's passwd says
+# envbuild's build-side dependencies, installed in the builder stage beside pip
+_TOOLS = ("packaging", "pyelftools")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    image_id: str
+    tag: str
+    manifest_digest: str
+    env_dir: str
+    layers: int
+    pushed_digest: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "tag": self.tag,
+                "manifest_digest": self.manifest_digest, "env": self.env_dir,
+                "layers": self.layers, "pushed_digest": self.pushed_digest}
+
+
+def engine() -> Any:
+    """A client of the engine at $DOCKER_HOST (or the default socket), answering."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        where = os.environ.get("DOCKER_HOST", "the default socket")
+        raise BuildError(f"docker engine: expected one answering at {where}, found: {exc}; "
+                         "start dockerd or set DOCKER_HOST") from None
+    driver = dict(tuple(p) for p in client.info().get("DriverStatus") or [])
+    if "snapshotter" in driver.get("driver-type", ""):
+        raise BuildError("docker engine: its containerd image store does not keep an image's "
+                         "config bytes, so image IDs could not be checked; use an engine "
+                         "with the classic image store")
+    return client
+
+
+def build_image(recipe_path: Path, tag: str, base: str | None = None,
+                store_dir: Path | None = None, push: bool = False, ca: Path | None = None,
+                progress: Progress = lambda _m: None) -> ImageResult:
+    """Build RECIPE's env into an image tagged `tag`, loaded into the engine; with `push`,
+    also sent to the tag's registry."""
+    recipe = load_recipe(recipe_path)
+    lock = read_lock(recipe)
+    base = base or recipe.image.get("base")
+    if not base:
+        raise InputError(f"{recipe.path}: expected a base image ([image] base or --base), "
+                         "found none")
+    client = engine()
+    base_image = _base(client, base)
+    progress(f"probing the interpreter of {base}")
+    target = probe_image(client, base_image.id)
+    check_interpreter(recipe, lock, target, f"the base image {base}")
+    store = Store.locate(store_dir)
+    entries = [e for e in lock.entries if e.applies(target.markers)]
+    found = WheelCache(store, target, recipe, False, progress).fetch(entries)
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or FIXED_EPOCH)
+    env_dir = f"/opt/envbuild/{recipe.name}"
+    work = Path(tempfile.mkdtemp(prefix="image-", dir=store.tmp))
+    try:
+        context = work / "context"
+        _context(context, recipe, [found[e.name] for e in entries],
+                 _tool_wheels(store, target, progress), {
+                     "PYTHON": target.executable, "RECIPE": recipe.path.name,
+                     "ENV_DIR": env_dir, "BUILT_UTC": iso(epoch)})
+        builder = _run_builder(client, context, base_image.id, progress)
+        progress("writing the image's layers")
+        env_tar = work / "env.tar"
+        _export(client, builder, env_dir, env_tar)
+        parts = work / "parts"
+        parts.mkdir()
+        with _saved(client, base_image, work) as saved:
+            base_layers = read_saved(saved, parts)
+            layers, manifest_bytes = env_layers(env_tar, env_dir, parts, epoch)
+        manifest = parse_manifest(manifest_bytes, f"{env_dir}/envbuild-manifest.json")
+        config = write_config(parts, base_layers, layers, ImageConfig(
+            name=recipe.name, env_dir=env_dir, epoch=epoch,
+            manifest_digest=manifest.digest, user=recipe.image.get("user") or DEFAULT_USER,
+            cmd=list(recipe.image.get("entrypoint") or ["python"])))
+        progress(f"loading {tag} into the engine")
+        image_id = _load(client, write_loadable(parts, config, work / "image.tar", tag))
+        if image_id != config.image_id:
+            raise BuildError(f"docker engine: expected image ID {config.image_id} (the "
+                             f"config's digest), found {image_id}")
+        _remove_builder(client, builder)
+        pushed = _push(config, tag, store, ca, progress) if push else None
+    finally:
+        remove_tree(work)
+    return ImageResult(image_id, tag, manifest.digest, env_dir,
+                       len(base_layers.layers) + len(layers), pushed)
+
+
+def _push(config: WrittenConfig, tag: str, store: Store, ca: Path | None,
+          progress: Progress) -> str:
+    from .registry import ImageParts, push
+
+    parts = ImageParts(config=config.path.read_bytes(), layers=config.layers,
+                       diff_ids=config.diff_ids)
+    return push(parts, tag, Path(store.layout.blobs()), ca=ca, progress=progress).reference
+
+
+def _base(client: Any, base: str) -> Any:
+    import docker
+
+    try:
+        return client.images.get(base)
+    except docker.errors.ImageNotFound:
+        raise InputError(f"--base: expected an image in the engine, found no {base!r}; "
+                         "pull, import or build it first (envbuild never pulls)") from None
+
+
+def probe_image(client: Any, image: str) -> Interpreter:
+    """The base image's own `python3`, described from inside it (no network)."""
+    import docker
+
+    try:
+        out = client.containers.run(image, ["-I", "-S", "-c", PROBE_SCRIPT],
+                                    entrypoint="python3", network_mode="none", remove=True,
+                                    user="0", stdout=True, stderr=True)
+        info = json.loads(out.decode().strip().splitlines()[-1])
+    except (docker.errors.ContainerError, docker.errors.APIError, ValueError,
+            IndexError) as exc:
+        raise InputError(f"base image {image}: expected python3 (3.9 or newer) on its PATH, "
+                         f"found: {exc}") from None
+    return image_interpreter(info)
+
+
+def _tool_wheels(store: Store, target: Interpreter, progress: Progress) -> Path:
+    """pip and envbuild's build-side dependencies as wheels for the target's Python, at
+    the versions this envbuild runs with; fetched once per store and ABI."""
+    from importlib.metadata import version
+
+    pins = [f"{name}=={version(name)}" for name in ("pip", *_TOOLS)]
+    if tuple(int(x) for x in target.version.split(".")[:2]) < (3, 11):
+        pins.append("tomli>=2")
+    folder = Path(store.layout.image_tools(target.abi)) / "-".join(sorted(pins))
+    if folder.is_dir():
+        return folder
+    progress(f"fetching envbuild's build tools for Python {target.version}")
+    staging = Path(tempfile.mkdtemp(prefix="tools-", dir=store.tmp))
+    try:
+        index = os.environ.get("ENVBUILD_TOOLS_INDEX_URL") or "https://pypi.org/simple"
+        run_tool(pip_argv("download", "--no-deps", "--only-binary=:all:", "--progress-bar",
+                          "off", "--python-version", ".".join(target.version.split(".")[:2]),
+                          "--index-url", index, "--dest", str(staging), *pins),
+                 env=hermetic_env())
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, folder)
+    except OSError:
+        remove_tree(staging)   # another build published the same pins meanwhile
+    except BaseException:
+        remove_tree(staging)
+        raise
+    return folder
+
+
+def _context(context: Path, recipe: Recipe, artifacts: list[tuple[Path, str]],
+             tools: Path, values: dict[str, str]) -> None:
+    """The builder stage's build context (see Dockerfile.template)."""
+    here = Path(__file__).parent
+    context.mkdir()
+    (context / "build.env").write_text("".join(f"{k}={shlex.quote(v)}\n"
+                                               for k, v in sorted(values.items())))
+    shutil.copyfile(here / "Dockerfile.template", context / "Dockerfile")
+    shutil.copytree(tools, context / "wheels")
+    shutil.copytree(here, context / "src" / "envbuild",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (context / "recipe").mkdir()
+    shutil.copyfile(recipe.path, context / "recipe" / recipe.path.name)
+    shutil.copyfile(recipe.lock_path, context / "recipe" / recipe.lock_path.name)
+    layout = Store(context / "store").layout
+    for path, digest in artifacts:
+        folder = Path(layout.wheel_dir(digest))
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, folder / path.name)
+        except OSError:
+            shutil.copyfile(path, folder / path.name)
+
+
+def _run_builder(client: Any, context: Path, base: str, progress: Progress) -> str:
+    """Run the builder stage; its image ID. Its log is shown as progress, and its last
+    lines name the failure if it fails."""
+    tail: list[str] = []
+    image_id = None
+    stream = client.api.build(path=str(context), dockerfile="Dockerfile", buildargs={"BASE": base},
+                              network_mode="none", pull=False, rm=True, forcerm=True,
+                              decode=True, labels={"io.envbuild.builder": "1"})
+    for chunk in stream:
+        text = _ANSI.sub("", chunk.get("stream", ""))
+        for line in text.splitlines():
+            if line.strip() and not line.startswith(("Removing intermediate", " ---> ")):
+                tail = [*tail[-19:], line]
+                if line.startswith("envbuild: "):
+                    progress(line[len("envbuild: "):])
+        if "error" in chunk:
+            raise BuildError("the builder stage failed (its last lines follow):\n" +
+                             "\n".join([*tail[-12:], _ANSI.sub("", chunk["error"]).strip()]))
+        image_id = (chunk.get("aux") or {}).get("ID", image_id)
+    if not image_id:
+        raise BuildError("the builder stage gave no image:\n" + "\n".join(tail))
+    return str(image_id)
+
+
+def _export(client: Any, image: str, env_dir: str, out: Path) -> None:
+    container = client.containers.create(image, command=["true"], network_disabled=True)
+    try:
+        stream, _ = container.get_archive(env_dir)
+        with open(out, "wb") as fh:
+            for chunk in stream:
+                fh.write(chunk)
+    finally:
+        container.remove(force=True)
+
+
+@contextmanager
+def _saved(client: Any, image: Any, work: Path) -> Iterator[Path]:
+    """`docker save` of the base: its layers, verbatim."""
+    path = work / "base.tar"
+    with open(path, "wb") as fh:
+        for chunk in image.save(named=False):
+            fh.write(chunk)
+    try:
+        yield path
+    finally:
+        path.unlink()
+
+
+def _load(client: Any, tarball: Path) -> str:
+    with open(tarball, "rb") as fh:
+        loaded = client.images.load(fh)
+    if not loaded:
+        raise BuildError(f"docker engine: loading {tarball} gave no image")
+    return str(loaded[-1].id)
+
+
+def _remove_builder(client: Any, builder: str) -> None:
+    import docker
+
+    try:
+        client.images.remove(builder, noprune=False)
+    except docker.errors.APIError as exc:
+        log.warning("could not remove the builder image %s: %s", builder, exc)
