@@ -1,0 +1,164 @@
+"""`envbuild image` end to end: a real dockerd, a debootstrapped Debian base with its own
+python3, the demo recipe from the local index; then the image run, tampered, verified
+through `docker://`, and built again on a second engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import cli, envbuild, write_recipe
+from containers import (  # noqa: F401
+    DockerEngine,
+    base_image,
+    bookworm_image_fixture,
+    docker_engine_fixture,
+    start_engine,
+)
+from pkgindex import LocalIndex
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]   # the builder's tools come from PyPI
+
+TAG = "localhost/demo:1"
+
+
+@dataclass(frozen=True)
+class Image:
+    recipe: Path
+    store: Path
+    info: dict[str, object]
+    env: dict[str, str]
+
+
+def _image_env(engine: DockerEngine, store: Path) -> dict[str, str]:
+    return {**engine.env(), "ENVBUILD_STORE": str(store)}
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory, index: LocalIndex,
+          docker_engine: DockerEngine, bookworm_image: str) -> Image:
+    work = tmp_path_factory.mktemp("image")
+    recipe = write_recipe(work, index, extra=(
+        f'[image]\nbase = "{bookworm_image}"\nentrypoint = ["python", "-c", '
+        '"import alpha, beta; print(\'demo ok\')"]\n'))
+    assert cli("lock", recipe).exit_code == 0
+    env = _image_env(docker_engine, work / "store")
+    proc = envbuild("image", recipe, "--tag", TAG, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return Image(recipe, work / "store", json.loads(proc.stdout), env)
+
+
+def _run(engine: DockerEngine, tag: str, *cmd: str, user: str | None = None) -> tuple[int, str]:
+    with closing(engine.client()) as client:
+        container = client.containers.create(tag, command=list(cmd) or None,
+                                             network_mode="none", user=user)
+        try:
+            container.start()
+            status = int(container.wait()["StatusCode"])
+            return status, container.logs(stdout=True, stderr=True).decode()
+        finally:
+            container.remove(force=True)
+
+
+def test_image_runs_its_packages_offline_as_non_root(image: Image,
+                                                     docker_engine: DockerEngine) -> None:
+    status, out = _run(docker_engine, TAG)                  # CMD: the recipe's entrypoint
+    assert (status, out.strip()) == (0, "demo ok")
+    status, out = _run(docker_engine, TAG, "python", "-c",
+                       "import alpha, beta, delta, gamma, sdistonly; import sys; "
+                       "print(sys.prefix)")
+    assert (status, out.strip()) == (0, "/opt/envbuild/demo"), out
+    status, out = _run(docker_engine, TAG, "id", "-u")
+    assert status == 0 and out.strip() != "0" and out.strip().isdigit(), out
+    status, _ = _run(docker_engine, TAG, "sh", "-c", "exit 7")
+    assert status == 7
+
+
+def test_config_names_the_manifest_and_the_id_is_its_digest(image: Image,
+                                                            docker_engine: DockerEngine) -> None:
+    with closing(docker_engine.client()) as client:
+        found = client.images.get(TAG)
+        raw = client.api.inspect_image(TAG)
+    assert found.id == image.info["image_id"]
+    labels = raw["Config"]["Labels"]
+    assert labels["io.envbuild.manifest"] == image.info["manifest_digest"]
+    assert labels["io.envbuild.env"] == "/opt/envbuild/demo"
+    assert raw["Config"]["Entrypoint"] == ["/opt/envbuild/demo/bin/envbuild-guard"]
+    assert raw["Created"].startswith("1980-01-01T00:00:00")
+    status, out = _run(docker_engine, TAG, "cat",
+                       "/opt/envbuild/demo/.envbuild/provenance.json")
+    provenance = json.loads(out)
+    assert provenance["built_utc"] == "1980-01-01T00:00:00Z"
+    assert "host" not in provenance and "user" not in provenance
+
+
+def test_tampered_container_refuses(image: Image, docker_engine: DockerEngine) -> None:
+    site = "/opt/envbuild/demo/lib/python3.11/site-packages"
+    with closing(docker_engine.client()) as client:
+        container = client.containers.run(
+            TAG, ["-c", f"chmod u+w {site} && echo 'import os' > {site}/zz-planted.pth"],
+            entrypoint=["/bin/sh"], user="0", network_mode="none", detach=True)
+        assert container.wait()["StatusCode"] == 0
+        original = client.api.inspect_image(TAG)["Config"]
+        container.commit("localhost/demo", "tampered", changes=[
+            f"ENTRYPOINT {json.dumps(original['Entrypoint'])}", f"USER {original['User']}",
+            f"CMD {json.dumps(original['Cmd'])}"])
+        container.remove(force=True)
+    status, out = _run(docker_engine, "localhost/demo:tampered", "python", "-c", "print(1)")
+    assert status == 125, out
+    assert "added: lib/python3.11/site-packages/zz-planted.pth" in out
+    proc = envbuild("verify", "docker://localhost/demo:tampered", env=image.env)
+    assert proc.returncode == 1
+    assert "added: lib/python3.11/site-packages/zz-planted.pth" in proc.stdout
+
+
+def test_verify_and_run_through_docker_refs(image: Image) -> None:
+    proc = envbuild("verify", f"docker://{TAG}", "--level", "full", "--expect",
+                    str(image.info["manifest_digest"]), "--json", env=image.env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["level"] == "full"
+    assert report["manifest_digest"] == image.info["manifest_digest"]
+    proc = envbuild("run", f"docker://{TAG}", "--", "python", "-c",
+                    "import sys; print('in', sys.prefix); sys.exit(3)", env=image.env)
+    assert (proc.returncode, proc.stdout.strip()) == (3, "in /opt/envbuild/demo")
+    other = "sha256:" + "0" * 64
+    proc = envbuild("run", f"docker://{TAG}", "--expect", other, "--", "true", env=image.env)
+    assert proc.returncode == 125 and "manifest" in proc.stderr
+    proc = envbuild("verify", "docker://localhost/absent:1", env=image.env)
+    assert proc.returncode == 2 and "docker://localhost/absent:1" in proc.stderr
+
+
+def test_bad_input_is_refused_before_the_engine_works(image: Image, tmp_path: Path) -> None:
+    proc = envbuild("image", image.recipe, "--tag", "localhost/x:1", "--base",
+                    "localhost/absent:1", env=image.env)
+    assert proc.returncode == 2 and "localhost/absent:1" in proc.stderr
+    proc = envbuild("image", image.recipe, "--tag", "localhost/x:1",
+                    env={**image.env, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
+    assert proc.returncode == 1 and "docker engine" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture()
+def second_engine(bookworm_image: str) -> Iterator[DockerEngine]:
+    where = Path(tempfile.mkdtemp(prefix="ebd2-"))
+    with start_engine(where) as engine:
+        base_image(engine, "bookworm")
+        yield engine
+
+
+def test_same_lock_and_base_give_one_image_id_on_two_engines(
+        image: Image, second_engine: DockerEngine, tmp_path: Path) -> None:
+    """A second engine with its own data root, and a store of its own (the wheels fetched
+    again): the same image ID."""
+    env = _image_env(second_engine, tmp_path / "store")
+    proc = envbuild("image", image.recipe, "--tag", TAG, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["image_id"] == image.info["image_id"]
+    assert os.path.isdir(tmp_path / "store" / "wheels")
