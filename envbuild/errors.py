@@ -75,6 +75,10 @@ class ToolError(EnvbuildError):
         super().__init__(f"{argv[0]} exited with {returncode}:\n{tail}")
 
 
+class RegistryError(EnvbuildError):
+    """A registry refused a push or could not be reached: auth, TLS, connection, its errors."""
+
+
 class Refused(EnvbuildError):
     """The program must not start; the message says why, one line per reason."""
 

@@ -7,7 +7,9 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
@@ -56,3 +58,23 @@ def remove_tree(root: Path) -> None:
     make_writable(root)
     shutil.rmtree(root, ignore_errors=True)
 
+
+
+def atomic_write_from(directory: Path, fill: Callable[[BinaryIO], str],
+                      mode: int = 0o644) -> Path:
+    """A new file in `directory` written by `fill`, which returns the file's name (it may
+    depend on what was written): published by `os.replace` once synced, removed on failure."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".new-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            name = fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        final = directory / name
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return final
