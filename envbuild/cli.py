@@ -170,7 +170,7 @@ def image(
         typer.echo(json.dumps(result.to_json(), sort_keys=True))
     else:
         typer.echo(f"envbuild: image {result.tag} ({result.manifest_digest})", err=True)
-        typer.echo(result.pushed_digest or result.image_id)
+        typer.echo(result.pushed or result.image_id)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

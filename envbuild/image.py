@@ -53,12 +53,21 @@ class ImageResult:
     manifest_digest: str
     env_dir: str
     layers: int
-    pushed_digest: str | None = None
+    pushed: str | None = None           # REPO@sha256:... with --push
+    diff_ids: tuple[str, ...] = ()
+    pushed_blobs: int | None = None      # blobs the registry did not have yet
+    pushed_bytes: int | None = None
+
+    @property
+    def pushed_digest(self) -> str | None:
+        return self.pushed.rpartition("@")[2] if self.pushed else None
 
     def to_json(self) -> dict[str, Any]:
         return {"image_id": self.image_id, "tag": self.tag,
                 "manifest_digest": self.manifest_digest, "env": self.env_dir,
-                "layers": self.layers, "pushed_digest": self.pushed_digest}
+                "layers": self.layers, "diff_ids": list(self.diff_ids), "pushed": self.pushed,
+                "pushed_digest": self.pushed_digest, "pushed_blobs": self.pushed_blobs,
+                "pushed_bytes": self.pushed_bytes}
 
 
 def engine() -> Any:
@@ -128,20 +137,26 @@ def build_image(recipe_path: Path, tag: str, base: str | None = None,
             raise BuildError(f"docker engine: expected image ID {config.image_id} (the "
                              f"config's digest), found {image_id}")
         _remove_builder(client, builder)
-        pushed = _push(config, tag, store, ca, progress) if push else None
+        result = ImageResult(image_id, tag, manifest.digest, env_dir,
+                             len(config.diff_ids), diff_ids=config.diff_ids)
+        if push:
+            result = _push(result, config, store, ca, progress)
     finally:
         remove_tree(work)
-    return ImageResult(image_id, tag, manifest.digest, env_dir,
-                       len(base_layers.layers) + len(layers), pushed)
+    return result
 
 
-def _push(config: WrittenConfig, tag: str, store: Store, ca: Path | None,
-          progress: Progress) -> str:
+def _push(result: ImageResult, config: WrittenConfig, store: Store, ca: Path | None,
+          progress: Progress) -> ImageResult:
+    from dataclasses import replace
+
     from .registry import ImageParts, push
 
     parts = ImageParts(config=config.path.read_bytes(), layers=config.layers,
                        diff_ids=config.diff_ids)
-    return push(parts, tag, Path(store.layout.blobs()), ca=ca, progress=progress).reference
+    sent = push(parts, result.tag, Path(store.layout.blobs()), ca=ca, progress=progress)
+    return replace(result, pushed=sent.reference, pushed_blobs=sent.blobs_sent,
+                   pushed_bytes=sent.bytes_sent)
 
 
 def _base(client: Any, base: str) -> Any:

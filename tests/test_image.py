@@ -4,8 +4,10 @@ through `docker://`, and built again on a second engine."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing
@@ -162,3 +164,56 @@ def test_same_lock_and_base_give_one_image_id_on_two_engines(
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["image_id"] == image.info["image_id"]
     assert os.path.isdir(tmp_path / "store" / "wheels")
+
+
+def _big_wheels(where: Path) -> Path:
+    """`bigpkg` 1.0 and 1.1, each over a MiB installed (a layer of its own), for find-links."""
+    import random
+
+    from pkgindex import write_wheel
+
+    where.mkdir()
+    for version in ("1.0", "1.1"):
+        rng = random.Random(version)
+        payload = "".join(rng.choice("0123456789abcdef") for _ in range(1_300_000))
+        write_wheel(str(where), "bigpkg", version,
+                    f"Metadata-Version: 2.1\nName: bigpkg\nVersion: {version}\n",
+                    {"bigpkg/__init__.py": f"VERSION = {version!r}\n",
+                     "bigpkg/data.txt": payload}, "")
+    return where
+
+
+def test_push_then_one_package_upgrade_sends_only_its_layer(
+        image: Image, index: LocalIndex, tmp_path: Path) -> None:
+    """The pushed digest is the registry's and the one computed; after upgrading one
+    package, the re-push sends that package's layer, the manifest layer and the config."""
+    from registryserver import start_registry, stop_registry
+
+    wheels = _big_wheels(tmp_path / "wheels")
+    registry = start_registry(tmp_path / "registry")
+    try:
+        tag = f"{registry.host}/demo-big:1"
+        digests, jsons = [], []
+        for version in ("1.0", "1.1"):
+            recipe = write_recipe(tmp_path / "recipe", index, deps=["alpha", f"bigpkg=={version}"],
+                                  name="big", extra=(
+                                      '[image]\nbase = "localhost/debian-python:bookworm"\n'))
+            text = recipe.read_text().replace("[index]\n", f'[index]\nfind-links = ["{wheels}"]\n')
+            recipe.write_text(text)
+            assert cli("lock", recipe).exit_code == 0
+            proc = envbuild("image", recipe, "--tag", tag, "--push", "--json", env=image.env)
+            assert proc.returncode == 0, proc.stderr
+            info = json.loads(proc.stdout)
+            jsons.append(info)
+            raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                                  f"docker://{tag}"], capture_output=True, check=True).stdout
+            digests.append("sha256:" + hashlib.sha256(raw).hexdigest())
+            assert info["pushed_digest"] == digests[-1]
+            assert info["pushed"] == f"{tag.rsplit(':', 1)[0]}@{digests[-1]}"
+        first, second = jsons
+        changed = [d for d in second["diff_ids"] if d not in first["diff_ids"]]
+        assert len(changed) == 2, (first["diff_ids"], second["diff_ids"])
+        assert second["pushed_blobs"] == 3            # those two layers and the config
+        assert second["pushed_bytes"] < first["pushed_bytes"] / 10
+    finally:
+        stop_registry(registry)
