@@ -6,7 +6,8 @@ storage and log under a temp dir, started and stopped by the process id it got.
 serves HTTPS with a certificate made by ``make_tls`` (a CA and a server certificate for an
 address, by ``openssl``), ``readonly=True`` refuses every write with the registry's own
 405. ``start_token_server`` runs ``tokenserver.py`` (its own process) for ``token=``, the
-registry's bearer-token auth.
+registry's bearer-token auth; ``start_digest_proxy`` puts ``digestproxy.py`` in front of a
+registry, to stand for one that rewrites the manifests it is given.
 """
 
 from __future__ import annotations
@@ -114,6 +115,18 @@ def start_token_server(root: Path, user: str, password: str, identity: str) -> T
     server = TokenServer(f"http://127.0.0.1:{port}/token", service, issuer, cert, proc)
     _wait(proc, server.realm, None, root / "token.log")
     return server
+
+
+def start_digest_proxy(root: Path, upstream: Registry) -> tuple[str, subprocess.Popen[bytes]]:
+    """`digestproxy.py` in front of `upstream`: its host and its process."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with open(root / "proxy.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(HERE / "digestproxy.py"), str(port),
+                                 upstream.host], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    _wait(proc, f"http://127.0.0.1:{port}/v2/", None, root / "proxy.log")
+    return f"127.0.0.1:{port}", proc
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -27,6 +27,7 @@ from registryserver import (
     make_htpasswd,
     make_tls,
     need,
+    start_digest_proxy,
     start_registry,
     start_token_server,
     stop_process,
@@ -263,6 +264,19 @@ def test_the_registry_s_own_error_is_shown(tmp_path: Path, docker_config: Path) 
     assert "405 Method Not Allowed (Method not allowed)" in message
 
 
+def test_a_registry_that_rewrites_the_manifest_is_refused(
+        registry: Registry, tmp_path: Path, docker_config: Path) -> None:
+    host, proxy = start_digest_proxy(tmp_path / "proxy", registry)
+    try:
+        with pytest.raises(RegistryError) as caught:
+            push(three_layers(tmp_path / "img"), f"{host}/rewritten:1", tmp_path / "cache")
+    finally:
+        stop_process(proxy)
+    message = str(caught.value)
+    assert f"registry {host} stored the manifest of rewritten:1 as sha256:" in message
+    assert "not as its sha256 sha256:" in message
+
+
 # ---- credentials -----------------------------------------------------------------------
 
 def write_docker_config(directory: Path, content: dict[str, object]) -> None:
@@ -408,3 +422,36 @@ def test_a_refused_token_names_the_registry(token_registry: Registry, tmp_path: 
     with pytest.raises(RegistryError) as caught:
         push(three_layers(tmp_path / "img"), f"{token_registry.host}/tok:1", tmp_path / "cache")
     assert f"registry {token_registry.host} refused the credentials of alice" in str(caught.value)
+
+
+def helper_script(bindir: Path, name: str, body: str) -> None:
+    bindir.mkdir(exist_ok=True)
+    helper = bindir / f"docker-credential-{name}"
+    helper.write_text("#!/bin/sh\n" + body)
+    helper.chmod(0o755)
+
+
+def test_a_creds_store_without_an_entry_is_anonymous(
+        auth_registry: Registry, tmp_path: Path, docker_config: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`credsStore` serves every registry; its "not found" means anonymous, as for docker."""
+    helper_script(tmp_path / "bin", "none",
+                  "echo 'credentials not found in native keychain'; exit 1\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    write_docker_config(docker_config, {"credsStore": "none"})
+    with pytest.raises(RegistryError, match="refused anonymous access"):
+        push(three_layers(tmp_path / "img"), f"{auth_registry.host}/anon:1", tmp_path / "cache")
+
+
+def test_a_missing_or_failing_helper_is_named(auth_registry: Registry, tmp_path: Path,
+                                              docker_config: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    helper_script(tmp_path / "bin", "broken", "echo 'keyring locked' >&2; exit 4\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    for name, expected in [("absent-helper", "docker-credential-absent-helper (named in "),
+                           ("broken", "docker-credential-broken failed for ")]:
+        write_docker_config(docker_config, {"credHelpers": {auth_registry.host: name}})
+        with pytest.raises(RegistryError) as caught:
+            push(three_layers(tmp_path / "img"), f"{auth_registry.host}/h:1", tmp_path / "cache")
+        assert expected in str(caught.value)
+    assert "keyring locked" in str(caught.value)
