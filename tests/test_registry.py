@@ -117,9 +117,11 @@ def blob(reg: Registry, repo: str, digest: str) -> bytes:
     return resp.content
 
 
-def pushed(parts: ImageParts, tag: str, cache: Path, **kw: object) -> tuple[PushResult, list[str]]:
+def pushed(parts: ImageParts, tag: str, cache: Path,
+           ca: Path | None = None) -> tuple[PushResult, list[str]]:
+    """push(), with the progress messages it gave."""
     said: list[str] = []
-    return push(parts, tag, cache, progress=said.append, **kw), said  # type: ignore[arg-type]
+    return push(parts, tag, cache, ca=ca, progress=said.append), said
 
 
 # ---- the push, read back -------------------------------------------------------------------
