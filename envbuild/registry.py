@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin
 
-from .errors import InputError, RegistryError
+from .errors import BuildError, InputError, RegistryError
 from .fsutil import atomic_write_from
 from .registryclient import Client, parse_reference
 
@@ -95,8 +95,8 @@ def compressed_layer(layer: Path, diff_id: str, cache_dir: Path) -> Blob:
         packed.update(data)
         out.write(data)
         if f"sha256:{raw.hexdigest()}" != diff_id:
-            raise InputError(f"{layer}: its sha256 is sha256:{raw.hexdigest()}, "
-                             f"not the diff_id given, {diff_id}")
+            raise BuildError(f"{layer}: its sha256 is sha256:{raw.hexdigest()}, not the "
+                             f"diff_id given, {diff_id}: the layer changed after it was written")
         return f"{diff_hex}-{packed.hexdigest()}.tar.gz"
 
     final = atomic_write_from(cache_dir, fill)
@@ -180,7 +180,7 @@ def push(parts: ImageParts, tag: str, cache_dir: Path, ca: Path | None = None,
         resp = client.send("PUT", client.url(f"{ref.repo}/manifests/{ref.tag}"), manifest,
                            {"Content-Type": MANIFEST_TYPE})
         client.check(resp, (201,), "the manifest")
-    answered = resp.headers.get("Docker-Content-Digest")
+    answered = resp.headers.get("Docker-Content-Digest", "(no Docker-Content-Digest header)")
     if answered != digest:
         raise RegistryError(f"registry {ref.host} stored the manifest of {ref.repo}:{ref.tag} "
                             f"as {answered}, not as its sha256 {digest}: it may have rewritten "

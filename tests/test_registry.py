@@ -27,12 +27,15 @@ from registryserver import (
     make_htpasswd,
     make_tls,
     need,
+    start_digest_proxy,
     start_registry,
+    start_token_server,
+    stop_process,
     stop_registry,
 )
 
 from envbuild import errors
-from envbuild.errors import InputError, RegistryError
+from envbuild.errors import BuildError, InputError, RegistryError
 from envbuild.registry import (
     ImageParts,
     PushResult,
@@ -114,9 +117,11 @@ def blob(reg: Registry, repo: str, digest: str) -> bytes:
     return resp.content
 
 
-def pushed(parts: ImageParts, tag: str, cache: Path, **kw: object) -> tuple[PushResult, list[str]]:
+def pushed(parts: ImageParts, tag: str, cache: Path,
+           ca: Path | None = None) -> tuple[PushResult, list[str]]:
+    """push(), with the progress messages it gave."""
     said: list[str] = []
-    return push(parts, tag, cache, progress=said.append, **kw), said  # type: ignore[arg-type]
+    return push(parts, tag, cache, ca=ca, progress=said.append), said
 
 
 # ---- the push, read back -------------------------------------------------------------------
@@ -205,7 +210,7 @@ def test_a_damaged_cached_blob_is_compressed_again(tmp_path: Path) -> None:
 
 def test_a_layer_that_is_not_its_diff_id_is_refused(tmp_path: Path) -> None:
     parts = three_layers(tmp_path / "img")
-    with pytest.raises(InputError, match="not the diff_id given"):
+    with pytest.raises(BuildError, match="not the diff_id given"):
         compressed_layer(parts.layers[0], parts.diff_ids[1], tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
 
@@ -216,7 +221,7 @@ def test_a_layer_that_is_not_its_diff_id_is_refused(tmp_path: Path) -> None:
                                  "registry-1.docker.io/team/demo", "127.0.0.1:5000/Demo",
                                  "127.0.0.1:5000/demo@sha256:" + "0" * 64, "localhost",
                                  "127.0.0.1:5000/" + "a" * 120 + "/" + "b" * 120])
-def test_a_tag_without_a_registry_host_is_refused(tag: str, tmp_path: Path) -> None:
+def test_a_tag_push_cannot_take_is_refused_before_any_work(tag: str, tmp_path: Path) -> None:
     parts = three_layers(tmp_path / "img")
     with pytest.raises(InputError) as caught:
         push(parts, tag, tmp_path / "cache")
@@ -259,6 +264,19 @@ def test_the_registry_s_own_error_is_shown(tmp_path: Path, docker_config: Path) 
     message = str(caught.value)
     assert f"registry {reg.host} refused starting the upload of layer 1/3 for demo" in message
     assert "405 Method Not Allowed (Method not allowed)" in message
+
+
+def test_a_registry_that_rewrites_the_manifest_is_refused(
+        registry: Registry, tmp_path: Path, docker_config: Path) -> None:
+    host, proxy = start_digest_proxy(tmp_path / "proxy", registry)
+    try:
+        with pytest.raises(RegistryError) as caught:
+            push(three_layers(tmp_path / "img"), f"{host}/rewritten:1", tmp_path / "cache")
+    finally:
+        stop_process(proxy)
+    message = str(caught.value)
+    assert f"registry {host} stored the manifest of rewritten:1 as sha256:" in message
+    assert "not as its sha256 sha256:" in message
 
 
 # ---- credentials -----------------------------------------------------------------------
@@ -331,6 +349,14 @@ def this_host_address() -> str:
     return address
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy_to_this_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry on this host's own address is reached directly, whatever proxy is set."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, ",".join(filter(None, [os.environ.get(name),
+                                                         this_host_address()])))
+
+
 @pytest.fixture(scope="session")
 def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, Tls]]:
     root = tmp_path_factory.mktemp("tls-registry")
@@ -359,3 +385,75 @@ def test_tls_failure_names_the_host_and_suggests_ca(tls_registry: tuple[Registry
     message = str(caught.value)
     assert message.startswith(f"TLS failure talking to {reg.host}: certificate verify failed")
     assert "--ca FILE" in message
+
+
+# ---- bearer tokens, from a token service of the registry's ---------------------------------
+
+IDENTITY_TOKEN = "envbuild-identity-token"
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    root = tmp_path_factory.mktemp("token-registry")
+    tokens = start_token_server(root / "tokens", USER, PASSWORD, IDENTITY_TOKEN)
+    try:
+        reg = start_registry(root, token=tokens)
+        yield reg
+        stop_registry(reg)
+    finally:
+        stop_process(tokens.proc)
+
+
+@pytest.mark.parametrize("entry", ["auth", "identitytoken"])
+def test_bearer_token_from_the_realm(token_registry: Registry, tmp_path: Path,
+                                     docker_config: Path, entry: str) -> None:
+    secret = basic(USER, PASSWORD) if entry == "auth" else IDENTITY_TOKEN
+    write_docker_config(docker_config, {"auths": {token_registry.host: {entry: secret}}})
+    result, _ = pushed(three_layers(tmp_path / "img"), f"{token_registry.host}/tok-{entry}:1",
+                       tmp_path / "cache")
+    assert result.blobs_sent == 4
+    raw = skopeo("inspect", "--raw", "--tls-verify=false", "--creds", f"{USER}:{PASSWORD}",
+                 f"docker://{token_registry.host}/tok-{entry}:1")
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == result.manifest_digest
+
+
+def test_a_refused_token_names_the_registry(token_registry: Registry, tmp_path: Path,
+                                            docker_config: Path) -> None:
+    write_docker_config(docker_config, {"auths": {
+        token_registry.host: {"auth": basic(USER, "not-it")}}})
+    with pytest.raises(RegistryError) as caught:
+        push(three_layers(tmp_path / "img"), f"{token_registry.host}/tok:1", tmp_path / "cache")
+    assert f"registry {token_registry.host} refused the credentials of alice" in str(caught.value)
+
+
+def helper_script(bindir: Path, name: str, body: str) -> None:
+    bindir.mkdir(exist_ok=True)
+    helper = bindir / f"docker-credential-{name}"
+    helper.write_text("#!/bin/sh\n" + body)
+    helper.chmod(0o755)
+
+
+def test_a_creds_store_without_an_entry_is_anonymous(
+        auth_registry: Registry, tmp_path: Path, docker_config: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`credsStore` serves every registry; its "not found" means anonymous, as for docker."""
+    helper_script(tmp_path / "bin", "none",
+                  "echo 'credentials not found in native keychain'; exit 1\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    write_docker_config(docker_config, {"credsStore": "none"})
+    with pytest.raises(RegistryError, match="refused anonymous access"):
+        push(three_layers(tmp_path / "img"), f"{auth_registry.host}/anon:1", tmp_path / "cache")
+
+
+def test_a_missing_or_failing_helper_is_named(auth_registry: Registry, tmp_path: Path,
+                                              docker_config: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    helper_script(tmp_path / "bin", "broken", "echo 'keyring locked' >&2; exit 4\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    for name, expected in [("absent-helper", "docker-credential-absent-helper (named in "),
+                           ("broken", "docker-credential-broken failed for ")]:
+        write_docker_config(docker_config, {"credHelpers": {auth_registry.host: name}})
+        with pytest.raises(RegistryError) as caught:
+            push(three_layers(tmp_path / "img"), f"{auth_registry.host}/h:1", tmp_path / "cache")
+        assert expected in str(caught.value)
+    assert "keyring locked" in str(caught.value)
