@@ -81,16 +81,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_VAR, "").strip() or DEFAULT_CACHE)
 
 
-def _digest(*parts: object) -> str:
+def digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def tarball_path(cache: Path) -> Path:
-    return cache / f"{SUITE}-minbase-{_digest(SUITE, DEBOOTSTRAP_ARGS)}.tar"
+    return cache / f"{SUITE}-minbase-{digest(SUITE, DEBOOTSTRAP_ARGS)}.tar"
 
 
 @contextmanager
-def _cache_lock(cache: Path) -> Iterator[int]:
+def cache_lock(cache: Path) -> Iterator[int]:
     """One session at a time makes cache entries; the others wait, then reuse them.
 
     Yields the lock's fd, which the tools writing into the cache inherit: a session killed
@@ -106,13 +106,13 @@ def _cache_lock(cache: Path) -> Iterator[int]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _clear_leftovers(cache: Path) -> None:
+def clear_leftovers(cache: Path) -> None:
     """Temporary dirs of a killed run (held under the lock, so no live run owns them)."""
     for left in sorted(cache.glob(".tmp-*")):
         if left.is_dir():
             # debootstrap mounts proc and sys in its target; killed, it leaves them there
-            for mount in _mounts_under(left):
-                _umount(mount)
+            for mount in mounts_under(left):
+                umount(mount)
             remove_tree(left)
         else:
             left.unlink()
@@ -121,24 +121,24 @@ def _clear_leftovers(cache: Path) -> None:
 def cached_tarball() -> Path:
     """The bullseye rootfs tarball, made now if this machine has none."""
     cache = cache_dir()
-    with _cache_lock(cache) as lock:
+    with cache_lock(cache) as lock:
         final = tarball_path(cache)
         if final.is_file():
             return final
-        _clear_leftovers(cache)
+        clear_leftovers(cache)
         work = Path(tempfile.mkdtemp(prefix=".tmp-rootfs-", dir=cache))
         try:
             target = work / "root"
-            _debootstrap(target, debian_mirror(), lock)
+            debootstrap(SUITE, target, debian_mirror(), lock)
             tmp_tar = work / "rootfs.tar"
-            _check_run(["tar", "--numeric-owner", "-C", str(target), "-cf", str(tmp_tar), "."],
-                       "tar of the rootfs", 300, keep=lock)
+            check_run(["tar", "--numeric-owner", "-C", str(target), "-cf", str(tmp_tar), "."],
+                      "tar of the rootfs", 300, keep=lock)
             with open(tmp_tar, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp_tar, final)
         finally:
-            for mount in _mounts_under(work):
-                _umount(mount)
+            for mount in mounts_under(work):
+                umount(mount)
             remove_tree(work)
         return final
 
@@ -200,15 +200,16 @@ def debian_mirror() -> str:
                       f"{SUITE} rootfs for the glibc tests is made from it")
 
 
-def _debootstrap(target: Path, mirror: str, lock: int) -> None:
+def debootstrap(suite: str, target: Path, mirror: str, lock: int) -> None:
+    """``debootstrap DEBOOTSTRAP_ARGS suite target mirror``, inheriting the cache lock."""
     if os.geteuid() != 0:
         raise RootfsError(f"debootstrap and chroot need root; found uid {os.geteuid()}")
     exe = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
     if not os.path.exists(exe):
         raise RootfsError("debootstrap is not installed (tests/run installs it: "
                           "apt-get install debootstrap)")
-    _check_run([exe, *DEBOOTSTRAP_ARGS, SUITE, str(target), mirror],
-               f"debootstrap of {SUITE} from {mirror}", DEBOOTSTRAP_TIMEOUT, keep=lock)
+    check_run([exe, *DEBOOTSTRAP_ARGS, suite, str(target), mirror],
+              f"debootstrap of {suite} from {mirror}", DEBOOTSTRAP_TIMEOUT, keep=lock)
 
 
 # --- wheels for the rootfs's Python ---------------------------------------------------------
@@ -230,11 +231,11 @@ def cached_wheels() -> Path:
     """A dir of wheels for envbuild's runtime dependencies on CPython 3.9 (the rootfs's)."""
     deps = _runtime_dependencies()
     cache = cache_dir()
-    final = cache / f"py39-wheels-{_digest(deps, TARGET_PYTHON, TARGET_PLATFORM)}"
-    with _cache_lock(cache) as lock:
+    final = cache / f"py39-wheels-{digest(deps, TARGET_PYTHON, TARGET_PLATFORM)}"
+    with cache_lock(cache) as lock:
         if final.is_dir():
             return final
-        _clear_leftovers(cache)
+        clear_leftovers(cache)
         work = Path(tempfile.mkdtemp(prefix=".tmp-wheels-", dir=cache))
         try:
             _fetch_wheels(deps, work, lock)
@@ -250,14 +251,14 @@ def _fetch_wheels(deps: list[str], work: Path, lock: int) -> None:
     from uv import find_uv_bin
 
     (work / "in.txt").write_text("".join(f"{d}\n" for d in deps))
-    _check_run(
+    check_run(
         [find_uv_bin(), "pip", "compile", "--no-config", "--no-python-downloads",
          "--only-binary", ":all:", "--python-version", TARGET_PYTHON,
          "--python-platform", TARGET_PLATFORM[0], "--index-url", PYPI, "--no-header",
          "--no-annotate", "--quiet", "--cache-dir", str(work / "uv-cache"),
          "-o", str(work / "pins.txt"), str(work / "in.txt")],
         "uv pip compile of envbuild's dependencies for Python 3.9", FETCH_TIMEOUT, keep=lock)
-    _check_run(
+    check_run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
          "--python-version", TARGET_PYTHON, "--implementation", "cp",
          "--platform", TARGET_PLATFORM[1], "--index-url", PYPI, "--no-cache-dir",
@@ -277,9 +278,9 @@ def envbuild_wheel(wheels: Path, out: Path) -> Path:
     shutil.copytree(ROOT / "envbuild", src / "envbuild",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     dest = out / "dist"
-    _check_run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index",
-                "--find-links", str(wheels), "-q", "-w", str(dest), str(src)],
-               "pip wheel of envbuild", FETCH_TIMEOUT)
+    check_run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index",
+               "--find-links", str(wheels), "-q", "-w", str(dest), str(src)],
+              "pip wheel of envbuild", FETCH_TIMEOUT)
     (built,) = dest.glob("envbuild-*.whl")
     return built
 
@@ -305,7 +306,7 @@ def run_bounded(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
-def _check_run(argv: Sequence[str], what: str, timeout: float, keep: int | None = None) -> str:
+def check_run(argv: Sequence[str], what: str, timeout: float, keep: int | None = None) -> str:
     """argv run to completion, its stdout; `keep`: an fd it inherits (the cache lock)."""
     try:
         proc = run_bounded(argv, env=_tool_env(), timeout=timeout, keep=keep)
@@ -320,7 +321,7 @@ def _check_run(argv: Sequence[str], what: str, timeout: float, keep: int | None 
     return proc.stdout
 
 
-def _mounts_under(path: Path) -> list[Path]:
+def mounts_under(path: Path) -> list[Path]:
     """Mount points at or below `path`, deepest first."""
     base = os.path.realpath(path)
     found = []
@@ -335,7 +336,7 @@ def _mounts_under(path: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
-def _umount(point: Path) -> None:
+def umount(point: Path) -> None:
     if subprocess.run(["umount", str(point)], capture_output=True).returncode != 0:
         # still busy (a process left in the chroot): detach it, by this path only
         subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=True)
@@ -345,7 +346,7 @@ def remove_tree(path: Path) -> None:
     """Remove a tree, refusing if anything is mounted in it (rmtree would descend there)."""
     if not path.exists():
         return
-    mounted = _mounts_under(path)
+    mounted = mounts_under(path)
     if mounted:
         raise RootfsError(f"{path}: expected nothing mounted inside before removing it, "
                           f"found {', '.join(map(str, mounted))}")
@@ -392,17 +393,17 @@ def unpacked_rootfs(tarball: Path, where: Path) -> Iterator[Rootfs]:
     root.mkdir()
     mounted: list[Path] = []
     try:
-        _check_run(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root)],
-                   f"unpacking {tarball}", 300)
+        check_run(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root)],
+                  f"unpacking {tarball}", 300)
         for point, how in _MOUNTS:
             path = root / point
             path.mkdir(parents=True, exist_ok=True)
-            _check_run(["mount", *how, str(path)], f"mounting {path}", 30)
+            check_run(["mount", *how, str(path)], f"mounting {path}", 30)
             mounted.append(path)
         yield Rootfs(root)
     finally:
         for path in reversed(mounted):
-            _umount(path)
+            umount(path)
         remove_tree(root)
 
 
