@@ -86,7 +86,7 @@ def test_config_names_the_manifest_and_the_id_is_its_digest(image: Image,
                                                             docker_engine: DockerEngine) -> None:
     with closing(docker_engine.client()) as client:
         found = client.images.get(TAG)
-        raw = client.api.inspect_image(TAG)
+        raw = client.images.get(TAG).attrs
     assert found.id == image.info["image_id"]
     labels = raw["Config"]["Labels"]
     assert labels["io.envbuild.manifest"] == image.info["manifest_digest"]
@@ -107,7 +107,7 @@ def test_tampered_container_refuses(image: Image, docker_engine: DockerEngine) -
             TAG, ["-c", f"chmod u+w {site} && echo 'import os' > {site}/zz-planted.pth"],
             entrypoint=["/bin/sh"], user="0", network_mode="none", detach=True)
         assert container.wait()["StatusCode"] == 0
-        original = client.api.inspect_image(TAG)["Config"]
+        original = client.images.get(TAG).attrs["Config"]
         container.commit("localhost/demo", "tampered", changes=[
             f"ENTRYPOINT {json.dumps(original['Entrypoint'])}", f"USER {original['User']}",
             f"CMD {json.dumps(original['Cmd'])}"])
