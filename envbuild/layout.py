@@ -77,6 +77,7 @@ class StoreLayout:
         self.root = root
         self.wheels, self.built, self.pycs, self.envs, self.locks, self.runs, self.tmp = (
             os.path.join(root, sub) for sub in self.SUBDIRS)
+        self.tools = os.path.join(root, "tools")     # made when a tool venv is first built
 
     def wheel_dir(self, sha256: str) -> str:
         """Every artifact under its own hash: `wheels/<hex>/FILE`."""
@@ -104,6 +105,14 @@ class StoreLayout:
 
     def build_lock(self, name: str, env_key: str) -> str:
         return os.path.join(self.locks, f"{name}-{short_key(env_key)}.lock")
+
+    def tool_dir(self, name: str) -> str:
+        """A tool venv, built once and reused (pip-tools for a target interpreter):
+        `tools/<name>`, built in `tools/.tmp-<name>-*` and renamed into place."""
+        return os.path.join(self.tools, name)
+
+    def tool_lock(self, name: str) -> str:
+        return os.path.join(self.locks, f"tool-{name}.lock")
 
     def runlog(self, host: str) -> str:
         """One run-record file per host: appends are not atomic across NFS clients."""
