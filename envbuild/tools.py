@@ -19,6 +19,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
+from .errors import ToolError
 from .fsutil import publish_dir, remove_tree
 from .interpreter import Interpreter, probe
 from .lock import Target, running_target
@@ -105,7 +106,11 @@ def _make_tool_venv(tmp: Path, interp: Interpreter, progress: Progress) -> None:
              f"{TOOLS_INDEX_ENV} names a mirror)")
     run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", str(tmp)],
              env=hermetic_env())
-    run_tool(pip_argv("--python", str(tmp / "bin" / "python"), "install", "--index-url",
-                      tools_index_url(), "--progress-bar", "off", "--no-warn-script-location",
-                      *wanted),
-             env=hermetic_env())
+    try:
+        run_tool(pip_argv("--python", str(tmp / "bin" / "python"), "install", "--index-url",
+                          tools_index_url(), "--progress-bar", "off",
+                          "--no-warn-script-location", *wanted),
+                 env=hermetic_env())
+    except ToolError as exc:    # name what was wanted, from where, for which Python
+        raise ToolError([f"pip install {' '.join(wanted)} (for {interp.executable}, from "
+                         f"{tools_index_url()})"], exc.returncode, exc.output) from None
