@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import os
+import re
 import stat
 import tempfile
 import time
@@ -159,10 +160,11 @@ def check_interpreter(recipe: Recipe, lock: Lock, interp: Interpreter,
                         "pass --base" if where else "pass --python")
     locked_for = lock.header.get("python", "").split(" ")[0]
     have = ".".join(interp.version.split(".")[:2])
+    fix = "--base with a Python" if where else "--python"
     if locked_for and locked_for != have:
         raise InputError(f"{lock.path}: locked for Python {locked_for}, found "
-                         f"{what} (Python {have}); lock for that Python or pass "
-                         f"{'--base' if where else '--python'}")
+                         f"{what} (Python {have}); pass {fix} {locked_for}, "
+                         f"or lock for this one: `envbuild lock {recipe.path} --python {have}`")
 
 
 def _assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
@@ -250,11 +252,7 @@ def _relocate(tmp: Path, interp: Interpreter) -> None:
         if new is not None:
             path.write_bytes(new)
             rewritten[f"bin/{path.name}"] = new
-    # venv writes the path quoted or not, depending on the Python; replace the whole line
-    _replace_line(bin_dir / "activate", "VIRTUAL_ENV=",
-                  'VIRTUAL_ENV="$(cd "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." && pwd)"')
-    _replace_line(bin_dir / "activate.fish", "set -gx VIRTUAL_ENV ",
-                  "set -gx VIRTUAL_ENV (builtin realpath (dirname (status -f))/..)")
+    _relocate_activate(bin_dir, str(tmp))
     # csh cannot find its own script's path; rather no activate.csh than a wrong one
     (bin_dir / "activate.csh").unlink(missing_ok=True)
     cfg = tmp / "pyvenv.cfg"
@@ -280,10 +278,24 @@ def _retarget_script(data: bytes, prefix: bytes) -> bytes | None:
     return None
 
 
-def _replace_line(path: Path, prefix: str, new: str) -> None:
-    lines = path.read_text().splitlines(True)
-    path.write_text("".join(new + "\n" if line.lstrip().startswith(prefix) else line
-                            for line in lines))
+# How each activate script finds the env from its own path (Activate.ps1 already does).
+_ACTIVATE_HERE = {
+    "activate": '"$(cd "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." && pwd)"',
+    "activate.fish": "(builtin realpath (dirname (status -f))/..)",
+}
+
+
+def _relocate_activate(bin_dir: Path, env_dir: str) -> None:
+    """Replace the env's path wherever an activate script names it: venv writes it quoted
+    or not (shlex-quoted since the gh-124651 fix), in one `VIRTUAL_ENV=` line up to 3.11
+    and in both branches of a cygwin/msys test (`export VIRTUAL_ENV=`, `$(cygpath ...)`)
+    from 3.12 on."""
+    here = re.escape(env_dir)
+    written = re.compile(f'"{here}"|\'{here}\'|{here}(?![\\w./-])')
+    for name, expression in _ACTIVATE_HERE.items():
+        path = bin_dir / name
+        if path.is_file():
+            path.write_text(written.sub(expression.replace("\\", "\\\\"), path.read_text()))
 
 
 def _update_records(site: Path, root: Path, rewritten: dict[str, bytes]) -> None:

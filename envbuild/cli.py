@@ -9,11 +9,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from .errors import EnvbuildError, report
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
 
 app = typer.Typer(
     help="Provable Python environments: lock a recipe, build a content-addressed venv with "
@@ -56,6 +59,11 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v",
                         format="envbuild: %(levelname)s: %(message)s", stream=sys.stderr)
 
 
+_PYTHON_HELP = ("Interpreter to {what}: a path, a command on PATH (python3.12) or a version "
+                "(3.12: python3.12 on PATH, then $PYENV_ROOT/versions/3.12.*; default: the "
+                "Python running envbuild).")
+
+
 @app.command()
 def lock(
     recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
@@ -65,29 +73,54 @@ def lock(
                                           "versions instead of the lock's pins.")] = False,
     upgrade_package: Annotated[Optional[list[str]], typer.Option(  # noqa: UP007
         "--upgrade-package", "-P", help="Upgrade only this package (repeatable).")] = None,
+    python: Annotated[Optional[str], typer.Option(  # noqa: UP007
+        help=_PYTHON_HELP.format(what="lock for"))] = None,
+    store: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        help="Store whose tools/ holds pip-tools for another --python (default: "
+             "$ENVBUILD_STORE, else the user cache dir).")] = None,
 ) -> None:
     """Resolve RECIPE with pip-tools into <stem>.lock beside it, every artifact hashed.
 
     Ambient pip configuration (PIP_* variables, pip.conf, constraint files) is ignored: the
-    recipe and its [index] table are the only inputs. Prints the lock's path.
+    recipe and its [index] table are the only inputs. For another --python, pip-compile
+    runs in that interpreter (a venv of it with pip-tools, installed once from PyPI or
+    $ENVBUILD_TOOLS_INDEX_URL into the store's tools/). Prints the lock's path.
+
+    Example: envbuild lock recipes/webclient.toml --python 3.12
     """
-    from .lock import lock_recipe, lock_status, redact_url
+    from .lock import lock_recipe, redact_url
     from .recipe import load_recipe
+    from .tools import lock_target
 
     with handle_errors():
         loaded = load_recipe(recipe)
         if check:
-            problem = lock_status(loaded)
-            if problem:
-                typer.echo(f"envbuild: {problem}", err=True)
-                raise typer.Exit(1)
-            typer.echo(f"{loaded.lock_path}: up to date")
+            _check_lock(loaded, python)
             return
-        typer.echo(f"envbuild: resolving {len(loaded.dependencies)} requirements "
-                   f"against {redact_url(loaded.index_url)}", err=True)
-        path = lock_recipe(loaded, upgrade=upgrade,
-                           upgrade_packages=tuple(upgrade_package or ()))
+        with _progress() as progress:
+            target = lock_target(loaded, python, store, progress)
+            progress(f"resolving {len(loaded.dependencies)} requirements for Python "
+                     f"{target.short} against {redact_url(loaded.index_url)}")
+            path = lock_recipe(loaded, upgrade=upgrade, target=target,
+                               upgrade_packages=tuple(upgrade_package or ()))
     typer.echo(str(path))
+
+
+def _check_lock(loaded: "Recipe", python: Optional[str]) -> None:  # noqa: UP007
+    """`lock --check`: exit 1 with the reason if the lock is missing, stale, or (with
+    --python) made for another Python."""
+    from .lock import lock_status
+
+    version = None
+    if python is not None:
+        from .interpreter import probe
+
+        version = ".".join(probe(python).version.split(".")[:2])
+    problem = lock_status(loaded, version)
+    if problem:
+        typer.echo(f"envbuild: {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{loaded.lock_path}: up to date")
 
 
 @app.command()
@@ -97,7 +130,7 @@ def build(
     store: Annotated[Optional[Path], typer.Option(  # noqa: UP007
         help="Store directory (default: $ENVBUILD_STORE, else the user cache dir).")] = None,
     python: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        help="Interpreter to build for (default: the one running envbuild).")] = None,
+        help=_PYTHON_HELP.format(what="build for"))] = None,
     offline: Annotated[bool, typer.Option(help="Use only the wheel cache; fetch "
                                           "nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Build again even if the store "

@@ -3,9 +3,12 @@ environment for the lock's markers, and the wheel tags it accepts."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +16,7 @@ from typing import Any
 
 from packaging import tags
 
-from .errors import InputError
+from .errors import InputError, ToolError
 from .hashing import file_digest
 from .host import cached, interpreter_digest, remember
 from .proc import hermetic_env, run_tool
@@ -114,11 +117,9 @@ class Interpreter:
 
 
 def probe(python: str | None) -> Interpreter:
-    """Describe the interpreter at `python` (default: the one running envbuild)."""
-    exe = python or sys.executable
-    if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
-        raise InputError(f"--python: expected an executable Python interpreter, found "
-                         f"{exe!r} (not an executable file)")
+    """Describe the interpreter `python` names (see `find_python`; default: the one running
+    envbuild)."""
+    exe = find_python(python)
     info = _probe_info(exe)
     real = info["executable"]
     digest = interpreter_digest(real)
@@ -158,6 +159,68 @@ def linux_platforms(libc: str, machine: str) -> list[str]:
     return [*out, f"linux_{machine}"]
 
 
+_VERSION = re.compile(r"3\.[0-9]+")
+
+
+def find_python(spec: str | None) -> str:
+    """The interpreter `--python` names, for `lock` and `build` alike: a path; a version
+    such as `3.12` (`python3.12` on PATH, then `$PYENV_ROOT/versions/3.12.*/bin/python3.12`,
+    highest patch first; the first that answers as that version); or a command on PATH.
+    None: the one running envbuild."""
+    if not spec:
+        return sys.executable
+    if os.sep in spec:
+        if not (os.path.isfile(spec) and os.access(spec, os.X_OK)):
+            why = "not an executable file" if os.path.exists(spec) else "no such file"
+            raise InputError(f"--python: expected a Python interpreter, found {spec!r} "
+                             f"({why})")
+        return spec
+    if _VERSION.fullmatch(spec):
+        return _python_of_version(spec)
+    found = shutil.which(spec)
+    if found is None:
+        raise InputError(f"--python: expected a path, a version such as 3.12 or a command "
+                         f"on PATH, found {spec!r}: not on PATH")
+    return found
+
+
+def _python_of_version(version: str) -> str:
+    tried: list[str] = []
+    for candidate in _version_candidates(version):
+        try:
+            have = _probe_info(candidate)["markers"]["python_version"]
+        except InputError as exc:
+            tried.append(f"{candidate}: {str(exc).partition(f'found {candidate}: ')[2]}")
+            continue
+        if have == version:
+            return candidate
+        tried.append(f"{candidate}: Python {have}")
+    pyenv = os.path.join(_pyenv_root(), "versions", f"{version}.*", "bin", f"python{version}")
+    raise InputError(f"--python {version}: expected Python {version} as python{version} on "
+                     f"PATH or {pyenv}, found "
+                     + ("; ".join(tried) if tried else "none"))
+
+
+def _version_candidates(version: str) -> list[str]:
+    """`pythonX.Y` in every PATH directory, in order, then pyenv's, highest patch first."""
+    name = f"python{version}"
+    found: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK) and path not in found:
+            found.append(path)
+    installs = []
+    for path in glob.glob(os.path.join(_pyenv_root(), "versions", f"{version}.*", "bin", name)):
+        patch = os.path.basename(os.path.dirname(os.path.dirname(path)))[len(version) + 1:]
+        if patch.isdigit():      # not a free-threaded or debug build's "3.13.0t"
+            installs.append((int(patch), path))
+    return found + [path for _patch, path in sorted(installs, reverse=True)]
+
+
+def _pyenv_root() -> str:
+    return os.environ.get("PYENV_ROOT") or os.path.join(os.path.expanduser("~"), ".pyenv")
+
+
 def _libpython(path: str | None) -> dict[str, str] | None:
     """The shared libpython a `--enable-shared` build's small binary runs, by its real path:
     swapping it swaps the interpreter, so launches check its hash as they check the binary's."""
@@ -188,11 +251,32 @@ def _probe_info(exe: str) -> dict[str, Any]:
     try:
         out = run_tool([exe, "-I", "-S", "-c", _PROBE], env=hermetic_env())
         info = json.loads(out.strip().splitlines()[-1])
-    except Exception as exc:  # noqa: BLE001 - any failure means it is not a usable Python
-        raise InputError(f"--python: {exe} did not answer as a Python >= 3.9 would: "
-                         f"{exc}") from None
-    remember(name, key, json.dumps(info, sort_keys=True))
+        version = tuple(int(x) for x in info["version"].split(".")[:2])
+    except ToolError as exc:
+        first = next((line.strip() for line in exc.output.splitlines() if line.strip()), "")
+        raise InputError(f"--python: expected a Python interpreter, found {exe}: it exited "
+                         f"with status {exc.returncode} when run as Python"
+                         + (f" ({first})" if 0 < len(first) <= 120 else "")) from None
+    except OSError as exc:
+        raise InputError(f"--python: expected a Python interpreter, found {exe}: it cannot "
+                         f"be run ({exc.strerror})") from None
+    except Exception:  # noqa: BLE001 - any other answer means it is not a usable Python
+        raise InputError(f"--python: expected a Python interpreter, found {exe}: its "
+                         "answer was not a Python's") from None
+    if version < (3, 9):
+        raise InputError(f"--python: expected a Python 3.9 or newer, found {exe} (Python "
+                         f"{info['version']})")
+    if not _is_script(real):    # a script (a pyenv shim) may run another Python next time
+        remember(name, key, json.dumps(info, sort_keys=True))
     return info
+
+
+def _is_script(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"#!"
+    except OSError:
+        return False
 
 
 def stdlib_digest(stdlib: Path, libpython: str | None = None) -> str:

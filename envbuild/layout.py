@@ -77,6 +77,7 @@ class StoreLayout:
         self.root = root
         self.wheels, self.built, self.pycs, self.envs, self.locks, self.runs, self.tmp = (
             os.path.join(root, sub) for sub in self.SUBDIRS)
+        self.tools = os.path.join(root, "tools")     # made when a tool venv is first built
 
     def wheel_dir(self, sha256: str) -> str:
         """Every artifact under its own hash: `wheels/<hex>/FILE`."""
@@ -107,11 +108,19 @@ class StoreLayout:
 
     def image_tools(self, abi: str) -> str:
         """envbuild's build-side wheels for an image's interpreter (its builder stage)."""
-        return os.path.join(self.root, "tools", f"image-{abi}")
+        return os.path.join(self.tools, f"image-{abi}")
 
     def blobs(self) -> str:
         """Compressed image layers, by their uncompressed digest, so a push is the same."""
         return os.path.join(self.root, "blobs")
+
+    def tool_dir(self, name: str) -> str:
+        """A tool venv, built once and reused (pip-tools for a target interpreter):
+        `tools/<name>`, built in `tools/.tmp-<name>-*` and renamed into place."""
+        return os.path.join(self.tools, name)
+
+    def tool_lock(self, name: str) -> str:
+        return os.path.join(self.locks, f"tool-{name}.lock")
 
     def runlog(self, host: str) -> str:
         """One run-record file per host: appends are not atomic across NFS clients."""

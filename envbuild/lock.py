@@ -42,6 +42,10 @@ class PipToolsResolver:
 
     name = "pip-tools"
 
+    def __init__(self, python: str | None = None) -> None:
+        # pip-compile resolves for the interpreter that runs it (see envbuild.tools)
+        self.python = python or sys.executable
+
     def version(self) -> str:
         from importlib.metadata import version
 
@@ -55,7 +59,7 @@ class PipToolsResolver:
             if previous is not None and not upgrade:
                 # pip-compile keeps the pins it finds in its output file.
                 (work / "recipe.txt").write_text(previous)
-            argv = [sys.executable, "-m", "piptools", "compile", "--quiet", "--no-config",
+            argv = [self.python, "-m", "piptools", "compile", "--quiet", "--no-config",
                     "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
                     "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
                     "--index-url", recipe.index_url, "--output-file", "recipe.txt"]
@@ -104,19 +108,40 @@ class Lock:
     entries: tuple[LockEntry, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class Target:
+    """The Python a lock is made for: its version, implementation, and the interpreter
+    that runs pip-compile for it."""
+
+    version: str                # X.Y.Z
+    implementation: str
+    runner: str
+
+    @property
+    def short(self) -> str:
+        return ".".join(self.version.split(".")[:2])
+
+
+def running_target() -> Target:
+    return Target("{}.{}.{}".format(*sys.version_info[:3]), sys.implementation.name,
+                  sys.executable)
+
+
 def lock_recipe(recipe: Recipe, *, upgrade: bool = False, upgrade_packages: tuple[str, ...] = (),
-                resolver: Resolver | None = None) -> Path:
-    """Resolve the recipe and write `<stem>.lock` beside it, atomically."""
-    current = "{}.{}.{}".format(*sys.version_info[:3])
-    recipe.check_python(current, f"{current} running envbuild",
-                        "run envbuild with a matching Python")
-    resolver = resolver or PipToolsResolver()
+                resolver: Resolver | None = None, target: Target | None = None) -> Path:
+    """Resolve the recipe for `target` (default: the Python running envbuild) and write
+    `<stem>.lock` beside it, atomically."""
+    target = target or running_target()
+    found = (f"{target.version} running envbuild" if target.runner == sys.executable
+             else f"{target.version} ({target.implementation})")
+    recipe.check_python(target.version, found, "pass --python naming a matching Python")
+    resolver = resolver or PipToolsResolver(target.runner)
     previous = recipe.lock_path.read_text() if recipe.lock_path.exists() else None
     body = resolver.resolve(recipe, previous, upgrade, upgrade_packages)
     header = {
         "recipe": recipe.digest,
         "resolver": f"{resolver.name} {resolver.version()}",
-        "python": "{}.{} ({})".format(*sys.version_info[:2], sys.implementation.name),
+        "python": f"{target.short} ({target.implementation})",
         "index-url": redact_url(recipe.index_url),
         "find-links": " ".join(recipe.find_links_as_written) or "-",
     }
@@ -126,8 +151,9 @@ def lock_recipe(recipe: Recipe, *, upgrade: bool = False, upgrade_packages: tupl
     return recipe.lock_path
 
 
-def lock_status(recipe: Recipe) -> str | None:
-    """None if the lock matches the recipe, else why not. Resolves nothing."""
+def lock_status(recipe: Recipe, python: str | None = None) -> str | None:
+    """None if the lock matches the recipe (and was made for Python `python`, X.Y, when
+    given), else why not. Resolves nothing."""
     path = recipe.lock_path
     if not path.exists():
         return f"{path}: no lock; run `envbuild lock {recipe.path}`"
@@ -136,6 +162,10 @@ def lock_status(recipe: Recipe) -> str | None:
     if header.get("recipe") not in (recipe.digest, recipe.bytes_digest):
         return (f"{path}: stale: expected recipe digest {recipe.digest}, lock records "
                 f"{header.get('recipe')}; run `envbuild lock {recipe.path}`")
+    locked_for = header.get("python", "").split(" ")[0]
+    if python is not None and locked_for != python:
+        return (f"{path}: locked for Python {locked_for or '?'}, expected {python}; run "
+                f"`envbuild lock {recipe.path} --python {python}`")
     return None
 
 

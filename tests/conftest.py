@@ -54,6 +54,26 @@ def write_recipe(directory: Path, index: LocalIndex, deps: list[str] | None = No
     return path
 
 
+@pytest.fixture(scope="session")
+def tools_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for the tests that lock for another Python: its `tools/` venvs (pip-tools
+    for each target interpreter, from PyPI) are built once per session."""
+    return tmp_path_factory.mktemp("tools-store")
+
+
+def hostile_pip_env(tmp: Path) -> dict[str, str]:
+    """This process's environment plus ambient pip configuration that would break any pip
+    or pip-compile that read it (no index, a bogus one, an unsatisfiable constraint)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "constraints.txt").write_text("pip-tools==0.0.1\nalpha==0.1\n")
+    (tmp / "pip.conf").write_text("[global]\nno-index = true\n")
+    env = dict(os.environ)
+    env.update({"PIP_INDEX_URL": "http://127.0.0.1:9/bogus/simple", "PIP_NO_INDEX": "1",
+                "PIP_CONSTRAINT": str(tmp / "constraints.txt"),
+                "PIP_CONFIG_FILE": str(tmp / "pip.conf"), "PYTHONPATH": str(tmp)})
+    return env
+
+
 @dataclass
 class Result:
     exit_code: int
