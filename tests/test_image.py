@@ -22,6 +22,7 @@ from containers import (  # noqa: F401
     bookworm_image_fixture,
     docker_engine_fixture,
     start_engine,
+    trixie_image_fixture,
 )
 from pkgindex import LocalIndex
 
@@ -217,3 +218,25 @@ def test_push_then_one_package_upgrade_sends_only_its_layer(
         assert second["pushed_bytes"] < first["pushed_bytes"] / 10
     finally:
         stop_registry(registry)
+
+
+def test_a_base_with_another_python(image: Image, index: LocalIndex, tmp_path: Path,
+                                    trixie_image: str, docker_engine: DockerEngine) -> None:
+    """trixie's Python 3.13 while envbuild runs on 3.11: the lock is made for 3.13, the
+    wheels fetched for the base's tags, the env built there by its own interpreter."""
+    recipe = write_recipe(tmp_path, index, name="demo313", extra=(
+        f'[image]\nbase = "{trixie_image}"\n'))
+    proc = envbuild("lock", recipe, "--python", "3.13", env=image.env)
+    assert proc.returncode == 0, proc.stderr
+    assert "# python: 3.13 (cpython)" in recipe.with_suffix(".lock").read_text()
+    tag = "localhost/demo313:1"
+    proc = envbuild("image", recipe, "--tag", tag, "--json", env=image.env)
+    assert proc.returncode == 0, proc.stderr
+    status, out = _run(docker_engine, tag, "python", "-c",
+                       "import sys, alpha, sdistonly; print(sys.version_info[:2], sys.prefix)")
+    assert (status, out.strip()) == (0, "(3, 13) /opt/envbuild/demo313"), out
+    proc = envbuild("verify", f"docker://{tag}", "--level", "full", env=image.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = envbuild("image", image.recipe, "--tag", "localhost/x:1", "--base", trixie_image,
+                    env=image.env)                      # a 3.11 lock on a 3.13 base
+    assert proc.returncode == 2 and "locked for Python 3.11" in proc.stderr, proc.stderr
