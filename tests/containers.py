@@ -101,7 +101,13 @@ class DockerEngine:
 
 def _exited(pid: int) -> bool:
     """Whether `pid`, a child, has exited; it is left unreaped, so its pid stays ours."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    return _exit_status(pid) is not None
+
+
+def _exit_status(pid: int) -> int | None:
+    """A child's exit status (or the signal that ended it), without reaping it."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return None if info is None else info.si_status
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
@@ -169,9 +175,10 @@ def _wait_ready(engine: DockerEngine) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     last = ""
     while True:
-        if engine.proc.poll() is not None:
-            raise EngineError(f"dockerd (pid {engine.pid}) exited with {engine.proc.returncode}"
-                              f" before answering; its log ends:\n{engine.log_tail()}")
+        status = _exit_status(engine.pid)    # not reaped: stop() still ends its group
+        if status is not None:
+            raise EngineError(f"dockerd (pid {engine.pid}) exited (status {status}) before"
+                              f" answering; its log ends:\n{engine.log_tail()}")
         try:
             # the SDK leaks the socket of a refused connection: try one of our own first
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
