@@ -255,7 +255,7 @@ def _run_builder(client: Any, context: Path, base: str, progress: Progress) -> s
                     progress(line[len("envbuild: "):])
         if "error" in chunk:
             raise BuildError("the builder stage failed (its last lines follow):\n" +
-                             "\n".join([*tail[-12:], _ANSI.sub("", chunk["error"]).strip()]))
+                             "\n".join([*tail[-16:], _ANSI.sub("", chunk["error"]).strip()]))
         image_id = (chunk.get("aux") or {}).get("ID", image_id)
     if not image_id:
         raise BuildError("the builder stage gave no image:\n" + "\n".join(tail))

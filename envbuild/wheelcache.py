@@ -189,9 +189,15 @@ class WheelCache:
         staging = Path(tempfile.mkdtemp(prefix="wheel-", dir=self.store.tmp))
         try:
             index = ["--no-index"] if self.offline else self._index_args()
-            run_tool(self._pip("wheel", "--no-deps", "--progress-bar", "off", "--wheel-dir",
-                               str(staging), str(sdist), *index),
-                     env=hermetic_env({"SOURCE_DATE_EPOCH": "315532800"}))
+            try:
+                run_tool(self._pip("wheel", "--no-deps", "--progress-bar", "off",
+                                   "--wheel-dir", str(staging), str(sdist), *index),
+                         env=hermetic_env({"SOURCE_DATE_EPOCH": "315532800"}))
+            except ToolError as exc:
+                tail = "\n".join(exc.output.strip().splitlines()[-8:])
+                raise BuildError(f"{sdist.name}: expected to build a wheel of it for Python "
+                                 f"{self.interp.version}, found pip failing (a compiler, "
+                                 f"headers or a build dependency missing?):\n{tail}") from None
             wheels = list(staging.glob("*.whl"))
             if len(wheels) != 1:
                 raise BuildError(f"{sdist.name}: expected one wheel from the build, found "

@@ -240,3 +240,48 @@ def test_a_base_with_another_python(image: Image, index: LocalIndex, tmp_path: P
     proc = envbuild("image", image.recipe, "--tag", "localhost/x:1", "--base", trixie_image,
                     env=image.env)                      # a 3.11 lock on a 3.13 base
     assert proc.returncode == 2 and "locked for Python 3.11" in proc.stderr, proc.stderr
+
+
+_NEEDS_CC_BACKEND = '''\
+import os, subprocess
+
+def _metadata():
+    return "Metadata-Version: 2.1\\nName: needscc\\nVersion: 1.0\\n"
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    dist_info = os.path.join(metadata_directory, "needscc-1.0.dist-info")
+    os.makedirs(dist_info)
+    with open(os.path.join(dist_info, "METADATA"), "w") as fh:
+        fh.write(_metadata())
+    return "needscc-1.0.dist-info"
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    subprocess.run(["cc", "--version"], check=True)   # a C extension would need it
+    raise RuntimeError("not reached in a base without a compiler")
+'''
+
+
+def test_an_sdist_the_base_cannot_build_names_the_package(
+        image: Image, index: LocalIndex, tmp_path: Path) -> None:
+    from pkgindex import write_sdist
+
+    links = tmp_path / "links"
+    links.mkdir()
+    write_sdist(str(links), "needscc", "1.0", {
+        "PKG-INFO": "Metadata-Version: 2.1\nName: needscc\nVersion: 1.0\n",
+        "backend.py": _NEEDS_CC_BACKEND,
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
+                          'backend-path = ["."]\n'})
+    recipe = write_recipe(tmp_path, index, deps=["alpha", "needscc"], name="needscc",
+                          extra='[image]\nbase = "localhost/debian-python:bookworm"\n')
+    recipe.write_text(recipe.read_text().replace("[index]\n",
+                                                 f'[index]\nfind-links = ["{links}"]\n'))
+    assert cli("lock", recipe).exit_code == 0
+    proc = envbuild("image", recipe, "--tag", "localhost/needscc:1", env=image.env)
+    assert proc.returncode == 1, proc.stderr
+    assert "needscc-1.0.tar.gz: expected to build a wheel" in proc.stderr, proc.stderr
+    assert "'cc'" in proc.stderr, proc.stderr
+    assert "Traceback (most recent call last)" not in proc.stderr.split("found pip")[0]
