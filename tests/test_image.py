@@ -159,11 +159,23 @@ def second_engine(bookworm_image: str) -> Iterator[DockerEngine]:
 def test_same_lock_and_base_give_one_image_id_on_two_engines(
         image: Image, second_engine: DockerEngine, tmp_path: Path) -> None:
     """A second engine with its own data root, and a store of its own (the wheels fetched
-    again): the same image ID."""
-    env = _image_env(second_engine, tmp_path / "store")
-    proc = envbuild("image", image.recipe, "--tag", TAG, "--json", env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["image_id"] == image.info["image_id"]
+    again): the same image ID, and pushed, the same digest."""
+    from registryserver import start_registry, stop_registry
+
+    registry = start_registry(tmp_path / "registry")
+    try:
+        pushed: list[str] = []
+        for engine, store in ((second_engine, tmp_path / "store"), (None, image.store)):
+            env = _image_env(engine, store) if engine else image.env
+            tag = f"{registry.host}/demo:{len(pushed)}"
+            proc = envbuild("image", image.recipe, "--tag", tag, "--push", "--json", env=env)
+            assert proc.returncode == 0, proc.stderr
+            info = json.loads(proc.stdout)
+            assert info["image_id"] == image.info["image_id"]
+            pushed.append(info["pushed_digest"])
+    finally:
+        stop_registry(registry)
+    assert pushed[0] == pushed[1]       # compressed by each store anew: the same blobs
     assert os.path.isdir(tmp_path / "store" / "wheels")
 
 
