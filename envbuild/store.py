@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import BUILD_FORMAT
-from .errors import InputError
+from .errors import EnvbuildError, InputError
 from .fsutil import remove_tree
 from .layout import StoreLayout, store_root
 
@@ -166,22 +166,21 @@ def exclusive(path: Path, poll: float = 0.1,
     `on_wait` is called once, when the lock is found held by a live holder.
     """
     owner = _owner()
-    tmp = path.with_name(f"{path.name}.{owner['token']}")
+    token = str(owner["token"])
+    tmp = path.with_name(f"{path.name}.{token}")
     tmp.write_text(json.dumps(owner))
     try:
         while True:
-            try:
-                os.link(tmp, path)
+            if _linked(tmp, path, token):
                 break
-            except FileExistsError:
-                dead = _dead_holder(path)
-                if dead is not None:
-                    _take_over(path, dead, tmp, str(owner["token"]))
-                    continue
-                if on_wait is not None:
-                    on_wait()
-                    on_wait = None
-                time.sleep(poll)
+            dead = _dead_holder(path)
+            if dead is not None:
+                _take_over(path, dead, tmp, token)
+                continue
+            if on_wait is not None:
+                on_wait()
+                on_wait = None
+            time.sleep(poll)
     finally:
         tmp.unlink(missing_ok=True)
     stop = threading.Event()
@@ -192,7 +191,30 @@ def exclusive(path: Path, poll: float = 0.1,
     finally:
         stop.set()
         refresher.join()
-        _release(path, str(owner["token"]))
+        _release(path, token)
+
+
+def _linked(record: Path, path: Path, token: str) -> bool:
+    """Link the owner record into place, then read it back: only the content decides who
+    holds the lock (a network file system may answer EEXIST to a link that succeeded when
+    the request was sent again, and sshfs reports a link count of 1 for every file). An
+    errno other than EEXIST, the lock not ours, is a failure to take it."""
+    try:
+        os.link(record, path)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if _token_at(path) != token:
+            raise EnvbuildError(f"lock {path}: expected to link {record.name} into place, "
+                                f"found {exc.strerror or exc}") from None
+    return _token_at(path) == token
+
+
+def _token_at(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text()).get("token"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _refresh(path: Path, stop: threading.Event) -> None:
