@@ -23,7 +23,7 @@ from .errors import (
     exit_status,
     report,
 )
-from .layout import LAUNCH_DIR, MANIFEST
+from .layout import LAUNCH_DIR, MANIFEST, resolve_pointer
 from .runlog import record
 from .verify import LEVELS, Difference, Report, verify
 
@@ -226,7 +226,8 @@ def _say(prog: str, message: str) -> None:
 
 # ---- command lines: the one reader of `run`, `verify` and the guard ---------------------
 
-RUN_USAGE = "usage: envbuild run ENV [--level L] [--expect sha256:HEX] [--] CMD ARGS..."
+RUN_USAGE = ("usage: envbuild run ENV [--level L] [--expect sha256:HEX] [--local DIR] "
+             "[--max-readers K] [--] CMD ARGS...")
 VERIFY_USAGE = ("usage: envbuild verify ENV [--level quick|files|full] [--expect sha256:HEX] "
                 "[--json]")
 GUARD_USAGE = "usage: envbuild-guard [--level L] [--expect sha256:HEX] [--] CMD ARGS..."
@@ -235,12 +236,14 @@ GUARD_VERIFY_USAGE = ("usage: envbuild-guard --verify [--level quick|files|full]
 
 
 class Args:
-    __slots__ = ("env", "level", "expect", "json", "cmd")
+    __slots__ = ("env", "level", "expect", "json", "cmd", "local", "max_readers")
 
     def __init__(self) -> None:
         self.env: str | None = None
         self.level = "quick"
         self.expect: str | None = None
+        self.local: str | None = None       # run: a staged version materialized there
+        self.max_readers = 0
         self.json = False
         self.cmd: list[str] = []
 
@@ -268,7 +271,8 @@ def parse(args: list[str], usage: str, want_env: bool, want_cmd: bool,
         if word == "--" and want_cmd:
             break
         name, eq, value = word.partition("=")
-        if name in ("--level", "--expect"):
+        if name in ("--level", "--expect") or (name in ("--local", "--max-readers")
+                                               and usage == RUN_USAGE):
             if not eq:
                 if i >= len(words):
                     raise UsageError(f"{name} needs a value", usage)
@@ -276,13 +280,16 @@ def parse(args: list[str], usage: str, want_env: bool, want_cmd: bool,
                 i += 1
             if name == "--level":
                 out.level = value
-            else:
+            elif name == "--expect":
                 out.expect = value
+            elif name == "--local":
+                out.local = value
+            elif not value.isdigit():
+                raise UsageError(f"--max-readers: expected a number, found {value!r}", usage)
+            else:
+                out.max_readers = int(value)
         elif word in flags:
             setattr(out, word[2:], True)
-        elif name == "--local":
-            raise UsageError("--local: staged envs are not supported by this version; run "
-                             "the env directly", usage)
         elif word.startswith("-") and word != "-":
             raise UsageError(f"unexpected argument {word!r} (unknown option; options: "
                              f"--level, --expect{''.join(', ' + f for f in flags)}"
@@ -352,7 +359,7 @@ def guard_main() -> None:
     ENTRYPOINT is the guard: `docker run IMAGE --verify --json`)."""
     if sys.argv[2:3] == ["--verify"]:
         try:
-            env = os.path.dirname(os.path.abspath(sys.argv[1]))
+            env = resolve_pointer(os.path.dirname(os.path.abspath(sys.argv[1])))[0]
             opts = parse(sys.argv[3:], GUARD_VERIFY_USAGE, want_env=False, want_cmd=False,
                          flags=("--json",))
             code = verify_and_report(env, opts, "envbuild verify")
@@ -361,7 +368,7 @@ def guard_main() -> None:
         sys.stdout.flush()
         os._exit(code)
     try:
-        env = os.path.dirname(os.path.abspath(sys.argv[1]))
+        env = resolve_pointer(os.path.dirname(os.path.abspath(sys.argv[1])))[0]
         opts = parse(sys.argv[2:], GUARD_USAGE, want_env=False, want_cmd=True)
         if not os.path.exists(os.path.join(env, MANIFEST)):
             raise NotAnEnvError(f"{env} has no {MANIFEST}")

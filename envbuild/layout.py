@@ -198,6 +198,22 @@ class StagingLayout:
         return os.path.join(self.leases, version, host)
 
 
+def resolve_pointer(env: str) -> tuple[str, str | None]:
+    """`ROOT/NAME` of a staging root: (the current version's dir, ROOT), read from the small
+    file `ROOT/.history/NAME.current`, opened fresh at each launch (a network file system's
+    client may serve a symlink's target from its cache). Anything else: (env, None)."""
+    path = os.path.abspath(env)
+    root, name = os.path.split(path)
+    try:
+        with open(os.path.join(root, ".history", name + ".current")) as fh:
+            version = fh.read().strip()
+    except OSError:
+        return path, None
+    if not version or "/" in version:
+        return path, None
+    return os.path.join(root, VERSIONS, version), root
+
+
 def staging_root_of(env: str) -> str | None:
     """The staging root a published version lives in (`ROOT/.envs/<name>-<key>`), or None."""
     versions = os.path.dirname(os.path.abspath(env))
