@@ -80,9 +80,10 @@ ENTRY = {
             "b.build = boom\n"
             "r = CliRunner().invoke(c.app, ['build', 'x.toml'])\n"
             "sys.stderr.write(r.stderr); sys.exit(r.exit_code)\n", "envbuild: error: "),
-    "verify": ("import envbuild.fastcli as f\n"
+    "verify": ("import envbuild.launch as L\n"
                "def boom(*a, **k): raise make(NAME)\n"
-               "f.verify = boom\n"
+               "L.verify = boom\n"
+               "import envbuild.fastcli as f\n"
                "sys.exit(f.verify_main(['/env']))\n", "envbuild verify: error: "),
     "run": ("import envbuild.launch as L\n"
             "def boom(*a, **k): raise make(NAME)\n"
