@@ -233,7 +233,7 @@ def verify(ctx: typer.Context) -> None:
 def run(ctx: typer.Context) -> None:
     """Verify ENV, apply its environment contract, run CMD, record the run.
 
-    Usage: envbuild run ENV [--level L] [--expect sha256:HEX] [--] CMD ARGS...
+    Usage: envbuild run ENV [--level L] [--expect sha256:HEX] [--local DIR] [--] CMD ARGS...
 
     --level quick|files|full as for `envbuild verify` (default quick, the launch check);
     --expect pins the manifest digest that `build --json` or `verify --json` printed.
@@ -241,8 +241,11 @@ def run(ctx: typer.Context) -> None:
     PYTHONUSERBASE) removed, `set` defaults applied, `require` checked, ENV/bin first on
     PATH. SIGINT, SIGTERM and SIGQUIT reach CMD once. One JSON line per launch goes to
     $ENVBUILD_RUNLOG, else to runs/<host>.jsonl in the store. Where envbuild is not
-    installed, ENV/bin/envbuild-guard does the same. (--local, for staged envs, is refused:
-    staging is not built yet.)
+    installed, ENV/bin/envbuild-guard does the same. ENV may be a staged pointer ROOT/NAME
+    (`envbuild stage publish`): resolved once, fresh, to its current version; --local DIR
+    (or $ENVBUILD_LOCAL) unpacks that version on node-local disk once per node and runs it
+    from there; --max-readers K lets at most K nodes read the shared disk at once.
+    ENV may also be docker://IMAGE: the image's guard runs CMD in a throwaway container.
 
     Exits with CMD's status (128+N if killed by signal N); 125 if refused or not an env,
     126 if CMD is not executable, 127 if not found.

@@ -619,12 +619,12 @@ def test_ctrl_c_on_a_terminal_reaches_cmd_once(kind: str, env: Path, tmp_path: P
     assert (rec["exit_code"], rec["pid"]) == (3, child)
 
 
-def test_local_cache_is_refused_until_staging_exists(built: Built, tmp_path: Path) -> None:
+def test_local_cache_is_refused_for_an_env_not_staged(built: Built, tmp_path: Path) -> None:
     """`--local` belongs to staged envs; accepting and ignoring it would mislead a job."""
     marker = tmp_path / "ran"
     proc = subprocess.run([sys.executable, "-m", "envbuild", "run", str(built.env), "--local",
                            str(tmp_path / "cache"), "--", "touch", str(marker)],
                           capture_output=True, text=True)
     assert proc.returncode == 125
-    assert "--local: staged envs are not supported" in proc.stderr
+    assert "--local: expected a staged pointer (ROOT/NAME)" in proc.stderr
     assert not marker.exists()
