@@ -10,7 +10,9 @@ mount). Every SFTP request the server gets is logged as ``debugN: request ID: OP
 it is answered, so a count taken after a call on a mount has returned is exact:
 ``FileServer.requests()``, ``.mark()`` and ``.requests_since(mark)``, ``.request_log()``
 (one entry per request, such as ``lstat name "/x/y"`` or ``read "/x/y" (handle 0) off 0 len
-4096``). sshd needs its privilege separation dir ``/run/sshd``, made here when missing as
+4096``). FUSE releases a closed file asynchronously, so the server's ``close`` can arrive
+after the call returned: ``.settle()`` waits for a quiet spell and returns a mark. sshd
+needs its privilege separation dir ``/run/sshd``, made here when missing as
 Debian's service would; nothing else outside ``where`` is written.
 
 ``mount(server, export, mountpoint, name)`` runs ``sshfs -f -F SSH_CONFIG`` (an ssh client
@@ -49,6 +51,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +79,7 @@ SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 PRIVSEP_DIR = Path("/run/sshd")
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0     # sshd listening; a mount in /proc/self/mountinfo
+QUIET = 0.5              # no request for this long: the server has settled
 _REQUEST = re.compile(r"^debug\d: request (\d+): (\S+)(.*)$")
 
 
@@ -139,6 +143,24 @@ class FileServer:
 
     def requests_since(self, mark: Mark) -> int:
         return len(self.request_log(mark))
+
+    def settle(self, quiet: float = QUIET, timeout: float = START_TIMEOUT) -> Mark:
+        """A mark taken once no request came for `quiet` seconds: FUSE sends a file's
+        ``release`` (so the server's ``close``) after close(2) has returned, so the last
+        requests of a call can arrive after it. Count with ``mark = server.settle()``,
+        the calls, then ``server.settle()`` again before ``requests_since(mark)``."""
+        deadline = time.monotonic() + timeout
+        mark = self.mark()
+        while True:
+            time.sleep(quiet)
+            now = self.mark()
+            if now == mark:
+                return now
+            if time.monotonic() > deadline:
+                raise SharedFsError(f"expected the server to go quiet for {quiet}s within "
+                                    f"{timeout:.0f}s; the last requests: "
+                                    f"{self.request_log(mark)[-10:]}")
+            mark = now
 
     def requests_of(self, sftp_pid: int) -> int:
         """Requests of one session (one mount), by its sftp-server's pid."""

@@ -114,8 +114,8 @@ def test_the_server_counts_requests(shared_root: SharedRoot) -> None:
     server, b = shared_root.server, shared_root.b
     d = _fresh_dir(shared_root, "counted")
     (shared_root.export / d / "f").write_text("x")
-    mark = server.mark()
-    time.sleep(2 * 1.0)     # past FUSE's attr and entry timeouts (1 s): nothing is in flight
+    mark = server.settle()      # what earlier tests left in flight has arrived
+    time.sleep(2 * 1.0)         # past FUSE's attr and entry timeouts (1 s)
     assert server.requests_since(mark) == 0, server.request_log(mark)
     os.stat(b.path(f"{d}/f"))
     seen = server.request_log(mark)
