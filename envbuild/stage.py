@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -100,7 +101,7 @@ def _copy_version(env: Path, final: Path, tmp_root: Path, digest: str,
     work = Path(tempfile.mkdtemp(prefix=f"{final.name}-", dir=tmp_root))
     copy = work / final.name
     try:
-        shutil.copytree(env, copy, symlinks=True)
+        copy_tree(env, copy)
         progress("verifying the copy (full)")
         report = verify(str(copy), level="full", expect=digest, contract=False)
         if not report.ok:
@@ -111,6 +112,29 @@ def _copy_version(env: Path, final: Path, tmp_root: Path, digest: str,
                                 "neither it nor another publisher's")
     finally:
         remove_tree(work)
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Files, dirs and symlinks with the files' and dirs' modes and nothing else (a
+    network file system may refuse to set a symlink's own times or owner, which no check
+    reads); dirs get their modes once their contents are in."""
+    os.mkdir(dst, 0o700)
+    dirs = [(src, dst)]
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        target = dst if rel == "." else dst / rel
+        for name in sorted(dirnames + filenames):
+            s, d = os.path.join(dirpath, name), target / name
+            if os.path.islink(s):
+                os.symlink(os.readlink(s), d)
+            elif os.path.isdir(s):
+                os.mkdir(d, 0o700)
+                dirs.append((Path(s), d))
+            else:
+                shutil.copyfile(s, d)
+                os.chmod(d, stat.S_IMODE(os.stat(s).st_mode))
+    for s_dir, d_dir in reversed(dirs):
+        os.chmod(d_dir, stat.S_IMODE(os.stat(s_dir).st_mode))
 
 
 def _point(layout: StagingLayout, name: str, version: str, digest: str, action: str) -> int:
