@@ -158,3 +158,37 @@ def test_bad_input(tmp_path: Path, built: Built) -> None:
     assert res.exit_code == 2
     assert cli("stage", "rollback", "nope", "--root", tmp_path).exit_code == 2
     assert cli("stage", "list", "nope", "--root", tmp_path).exit_code == 2
+
+
+def test_a_stale_lock_of_another_host_is_broken_after_its_lease(tmp_path: Path,
+                                                                  built: Built) -> None:
+    """A publisher on another node died holding the name's lock: its lease (the lock's
+    mtime, refreshed while it works) runs out after 60 s and the lock is taken over."""
+    root = tmp_path / "root"
+    (root / ".locks").mkdir(parents=True)
+    lock = root / ".locks" / "demo.lock"
+    lock.write_text(json.dumps({"host": "node-gone", "boot_id": "x", "pid": 1, "start": "1",
+                                "token": "theirs"}))
+    old = time.time() - 120
+    os.utime(lock, (old, old))
+    info = _publish(built.env, root)
+    assert info["generation"] == 1
+    assert not lock.exists()                                  # taken over, then released
+
+
+def test_max_readers_caps_the_shared_reads_and_every_node_gets_its_copy(
+        tmp_path: Path, built: Built) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    info = _publish(built.env, root)
+    procs = [subprocess.Popen([sys.executable, "-m", "envbuild", "run", str(root / "demo"),
+                               "--local", str(tmp_path / f"node{n}"), "--max-readers", "1",
+                               "--", "true"], stderr=subprocess.PIPE, text=True)
+             for n in range(4)]
+    errs = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errs
+    for n in range(4):
+        assert (tmp_path / f"node{n}" / str(info["version"]) / "envbuild-manifest.json").is_file()
+    assert not list((root / ".locks").glob("readers-*.lock"))   # each slot released
+    res = cli("run", root / "demo", "--max-readers", "x", "--", "true")
+    assert res.exit_code == 125 and "--max-readers" in res.stderr

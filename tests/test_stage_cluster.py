@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def test_a_republish_is_seen_at_once_through_the_other_node(
     assert os.readlink(on_b / "demo") == f".envs/{v1}"       # node b's cache holds v1 now
     v2 = _publish(second, on_a)
     assert _prefix(on_b / "demo") == str(on_b / ".envs" / v2)   # read fresh, not cached
+    guard = subprocess.run([str(on_b / "demo" / "bin" / "envbuild-guard"), "--", "python",
+                            "-c", PREFIX], capture_output=True, text=True)
+    assert (guard.returncode, guard.stdout.strip()) == (0, str(on_b / ".envs" / v2))
     proc = envbuild("verify", on_b / "demo", "--level", "files", "--json")
     assert json.loads(proc.stdout)["env"] == str(on_b / ".envs" / v2)
     assert not [p for p in (shared_root.export / "fresh").rglob("*")
