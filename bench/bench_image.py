@@ -232,6 +232,10 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def first_error(tail: str) -> str:
+    return next((line for line in tail.splitlines() if "error:" in line), "(no error line)")
+
+
 def check_lock() -> None:
     proc = subprocess.run([ENVBUILD_IMAGE, "lock", "--check", str(RECIPE)], env=base_env(),
                           capture_output=True, text=True)
@@ -284,6 +288,11 @@ def measure(engine: Engine, base: str, wheels: Path, args: argparse.Namespace,
         data["build_rows"] = [r.to_json() for r in rows]
         data["build_samples_ms"] = {k: [round(x, 1) for x in v] for k, v in samples.items()}
         data["download_ms"] = [round(x, 1) for x in tasks.downloads]
+        data["build_failures"] = tasks.failures
+        if tasks.failures:
+            sections.append(f"{len(tasks.failures)} envbuild build(s) failed and ran once more "
+                            "(image.json, build_failures): " + "; ".join(
+                                first_error(str(f["tail"])) for f in tasks.failures))
         data["phases"] = {name: phases(runs) for name, runs in tasks.marks.items()}
         sections.append("Where the time goes (medians, seconds from one progress line to the "
                         "next; `exit` is the process's end):\n\n"
