@@ -741,3 +741,35 @@ def test_launch_code_has_unchecked_pycs_site_packages_checked(locked: Path,
         assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01, pyc
     for pyc in site:
         assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b11, pyc
+
+
+def test_installs_leave_no_pycs_that_name_the_build_dir(tmp_path: Path) -> None:
+    """pip runs under the env's own interpreter (`--python`), whose sys.path holds what the
+    installs before it put in the env; pip's vendored requests imports `socks` when it can.
+    One install puts a `socks` module in, the next pip imports it: no pyc may be written
+    (it would hold the build dir's path)."""
+    from pkgindex import write_wheel
+
+    from envbuild.build import _install_share
+    from envbuild.hashing import file_digest
+    from envbuild.lock import LockEntry
+    from envbuild.wheelcache import Artifact
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    arts = []
+    for name, body in (("socks", "PROXY_TYPE_SOCKS5 = 2\nclass socksocket: pass\n"),
+                       ("later", "X = 1\n")):
+        path = wheels / write_wheel(str(wheels), name, "1.0",
+                                    f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+                                    {f"{name}.py": body}, "")
+        digest = file_digest(str(path))
+        arts.append(Artifact(LockEntry(name, "1.0", None, (digest,)), path, digest, path,
+                             digest))
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    for n, art in enumerate(arts):                 # one after the other, as shares may run
+        _install_share(env, tmp_path / f"work{n}", [art])
+    site = next(env.glob("lib/python3.*/site-packages"))
+    assert (site / "socks.py").is_file() and (site / "later.py").is_file()
+    assert not list(site.rglob("*.pyc")), list(site.rglob("*.pyc"))
