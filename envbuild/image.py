@@ -11,20 +11,21 @@ import re
 import shlex
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .build import check_interpreter
 from .errors import BuildError, InputError
-from .fsutil import remove_tree
+from .fsutil import atomic_write, publish_dir, remove_tree
 from .imagelayers import (
+    BaseImage,
     ImageConfig,
     WrittenConfig,
     env_layers,
     iso,
+    read_base,
     read_saved,
     write_config,
     write_loadable,
@@ -102,48 +103,56 @@ def build_image(recipe_path: Path, tag: str, base: str | None = None,
                          "found none")
     client = engine()
     base_image = _base(client, base)
-    progress(f"probing the interpreter of {base}")
-    target = probe_image(client, base_image.id)
-    check_interpreter(recipe, lock, target, f"the base image {base}")
     store = Store.locate(store_dir)
+    target = _probe_cached(client, base_image.id, store, progress)
+    check_interpreter(recipe, lock, target, f"the base image {base}")
     entries = [e for e in lock.entries if e.applies(target.markers)]
     found = WheelCache(store, target, recipe, False, progress).fetch(entries)
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or FIXED_EPOCH)
-    env_dir = f"/opt/envbuild/{recipe.name}"
+    spec = ImageConfig(name=recipe.name, env_dir=f"/opt/envbuild/{recipe.name}",
+                       epoch=int(os.environ.get("SOURCE_DATE_EPOCH") or FIXED_EPOCH),
+                       manifest_digest="", user=recipe.image.get("user") or DEFAULT_USER,
+                       cmd=list(recipe.image.get("entrypoint") or ["python"]))
     work = Path(tempfile.mkdtemp(prefix="image-", dir=store.tmp))
     try:
         context = work / "context"
         _context(context, recipe, [found[e.name] for e in entries],
                  _tool_wheels(store, target, progress), {
                      "PYTHON": target.executable, "RECIPE": recipe.path.name,
-                     "ENV_DIR": env_dir, "BUILT_UTC": iso(epoch)})
+                     "ENV_DIR": spec.env_dir, "BUILT_UTC": iso(spec.epoch)})
         builder = _run_builder(client, context, base_image.id, progress)
-        progress("writing the image's layers")
-        env_tar = work / "env.tar"
-        _export(client, builder, env_dir, env_tar)
-        parts = work / "parts"
-        parts.mkdir()
-        with _saved(client, base_image, work) as saved:
-            base_layers = read_saved(saved, parts)
-            layers, manifest_bytes = env_layers(env_tar, env_dir, parts, epoch)
-        manifest = parse_manifest(manifest_bytes, f"{env_dir}/envbuild-manifest.json")
-        config = write_config(parts, base_layers, layers, ImageConfig(
-            name=recipe.name, env_dir=env_dir, epoch=epoch,
-            manifest_digest=manifest.digest, user=recipe.image.get("user") or DEFAULT_USER,
-            cmd=list(recipe.image.get("entrypoint") or ["python"])))
-        progress(f"loading {tag} into the engine")
-        image_id = _load(client, write_loadable(parts, config, work / "image.tar", tag))
-        if image_id != config.image_id:
-            raise BuildError(f"docker engine: expected image ID {config.image_id} (the "
-                             f"config's digest), found {image_id}")
+        result, config = _write_image(client, builder, work, _base_parts(
+            client, base_image, store, progress), spec, tag, progress)
         _remove_builder(client, builder)
-        result = ImageResult(image_id, tag, manifest.digest, env_dir,
-                             len(config.diff_ids), diff_ids=config.diff_ids)
         if push:
             result = _push(result, config, store, ca, progress)
     finally:
         remove_tree(work)
     return result
+
+
+def _write_image(client: Any, builder: str, work: Path, base: BaseImage, spec: ImageConfig,
+                 tag: str, progress: Progress) -> tuple[ImageResult, WrittenConfig]:
+    """The env taken from the builder into layers, the config, the image loaded and its ID
+    checked against the config's digest."""
+    from dataclasses import replace
+
+    progress("writing the image's layers")
+    env_tar = work / "env.tar"
+    _export(client, builder, spec.env_dir, env_tar)
+    parts = work / "parts"
+    parts.mkdir()
+    layers, manifest_bytes = env_layers(env_tar, spec.env_dir, parts, spec.epoch)
+    env_tar.unlink()
+    manifest = parse_manifest(manifest_bytes, f"{spec.env_dir}/envbuild-manifest.json")
+    config = write_config(parts, base, layers, replace(spec, manifest_digest=manifest.digest))
+    progress(f"loading {tag} into the engine")
+    image_id = _load(client, write_loadable(parts, config, work / "image.tar", tag,
+                                            tuple(layer.diff_id for layer in base.layers)))
+    if image_id != config.image_id:
+        raise BuildError(f"docker engine: expected image ID {config.image_id} (the "
+                         f"config's digest), found {image_id}")
+    return ImageResult(image_id, tag, manifest.digest, spec.env_dir, len(config.diff_ids),
+                       diff_ids=config.diff_ids), config
 
 
 def _push(result: ImageResult, config: WrittenConfig, store: Store, ca: Path | None,
@@ -169,20 +178,59 @@ def _base(client: Any, base: str) -> Any:
                          "pull, import or build it first (envbuild never pulls)") from None
 
 
-def probe_image(client: Any, image: str) -> Interpreter:
-    """The base image's own `python3`, described from inside it (no network)."""
+def _probe_cached(client: Any, image_id: str, store: Store, progress: Progress
+                  ) -> Interpreter:
+    """The base's interpreter, probed once per base image ID (an image never changes)."""
+    path = Path(store.layout.base_image(image_id) + ".probe.json")
+    try:
+        return image_interpreter(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError):
+        pass
+    progress("probing the base image's interpreter")
+    info = probe_info(client, image_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(info, sort_keys=True))
+    return image_interpreter(info)
+
+
+def _base_parts(client: Any, image: Any, store: Store, progress: Progress) -> BaseImage:
+    """The base's config and layers as `docker save` gives them, kept once per base image
+    ID in the store (for the config's history and for pushes)."""
+    folder = Path(store.layout.base_image(image.id))
+    if (folder / "config.json").is_file():
+        return read_base(folder)
+    progress("saving the base image's layers")
+    staging = Path(tempfile.mkdtemp(prefix="base-", dir=store.tmp))
+    try:
+        saved = staging / "saved.tar"
+        with open(saved, "wb") as fh:
+            for chunk in image.save(named=False):
+                fh.write(chunk)
+        read_saved(saved, staging)
+        saved.unlink()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if not publish_dir(staging, folder):
+            remove_tree(staging)
+    except BaseException:
+        remove_tree(staging)
+        raise
+    return read_base(folder)
+
+
+def probe_info(client: Any, image: str) -> dict[str, Any]:
+    """The probe's answer from the base image's own `python3`, run in it (no network)."""
     import docker
 
     try:
         out = client.containers.run(image, ["-I", "-S", "-c", PROBE_SCRIPT],
                                     entrypoint="python3", network_mode="none", remove=True,
                                     user="0", stdout=True, stderr=True)
-        info = json.loads(out.decode().strip().splitlines()[-1])
+        info: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     except (docker.errors.ContainerError, docker.errors.APIError, ValueError,
             IndexError) as exc:
         raise InputError(f"base image {image}: expected python3 (3.9 or newer) on its PATH, "
                          f"found: {exc}") from None
-    return image_interpreter(info)
+    return info
 
 
 def _tool_wheels(store: Store, target: Interpreter, progress: Progress) -> Path:
@@ -271,19 +319,6 @@ def _export(client: Any, image: str, env_dir: str, out: Path) -> None:
                 fh.write(chunk)
     finally:
         container.remove(force=True)
-
-
-@contextmanager
-def _saved(client: Any, image: Any, work: Path) -> Iterator[Path]:
-    """`docker save` of the base: its layers, verbatim."""
-    path = work / "base.tar"
-    with open(path, "wb") as fh:
-        for chunk in image.save(named=False):
-            fh.write(chunk)
-    try:
-        yield path
-    finally:
-        path.unlink()
 
 
 def _load(client: Any, tarball: Path) -> str:

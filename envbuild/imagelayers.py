@@ -66,11 +66,13 @@ class WrittenConfig:
 
 
 def read_saved(saved: Path, parts: Path) -> BaseImage:
-    """The base image from a `docker save` tarball: its config, and its layers copied into
-    `parts`, each checked against the config's diff_ids."""
+    """The base image from a `docker save` tarball: its config (kept as `config.json`), and
+    its layers copied into `parts`, each checked against the config's diff_ids."""
     with tarfile.open(saved) as tf:
         index = json.load(_member(tf, "manifest.json"))[0]
-        config = json.load(_member(tf, index["Config"]))
+        raw = _member(tf, index["Config"]).read()
+        (parts / "config.json").write_bytes(raw)
+        config = json.loads(raw)
         diff_ids = config["rootfs"]["diff_ids"]
         if len(diff_ids) != len(index["Layers"]):
             raise BuildError(f"{saved}: expected {len(diff_ids)} layers, found "
@@ -83,6 +85,13 @@ def read_saved(saved: Path, parts: Path) -> BaseImage:
                 raise BuildError(f"base layer {name}: expected {diff_id}, found {digest}")
             layers.append(Layer(diff_id, out, "base"))
     return BaseImage(config, layers)
+
+
+def read_base(parts: Path) -> BaseImage:
+    """A base image `read_saved` kept in `parts` before."""
+    config = json.loads((parts / "config.json").read_bytes())
+    return BaseImage(config, [Layer(d, parts / f"{d[7:]}.tar", "base")
+                              for d in config["rootfs"]["diff_ids"]])
 
 
 def _member(tf: tarfile.TarFile, name: str) -> Any:
@@ -253,13 +262,17 @@ def write_config(parts: Path, base: BaseImage, layers: list[Layer], spec: ImageC
                          tuple(layer.path for layer in all_layers))
 
 
-def write_loadable(parts: Path, config: WrittenConfig, out: Path, tag: str) -> Path:
-    """A `docker save`-format tarball of the image, for `images.load`."""
+def write_loadable(parts: Path, config: WrittenConfig, out: Path, tag: str,
+                   present: tuple[str, ...] = ()) -> Path:
+    """A `docker save`-format tarball of the image, for `images.load`. The layers of
+    `present` (the first ones, which the engine has: the base's) are named but left out:
+    the engine takes a layer it has by its chain and never opens the file."""
     index = [{"Config": config.path.name, "RepoTags": [tag],
               "Layers": [f"{d[7:]}/layer.tar" for d in config.diff_ids]}]
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
         tf.add(config.path, arcname=config.path.name)
-        done: set[str] = set()
+        done: set[str] = set(config.diff_ids[:len(present)]) \
+            if config.diff_ids[:len(present)] == present else set()
         for diff_id, path in zip(config.diff_ids, config.layers):
             if diff_id not in done:
                 done.add(diff_id)

@@ -110,6 +110,10 @@ class StoreLayout:
         """envbuild's build-side wheels for an image's interpreter (its builder stage)."""
         return os.path.join(self.tools, f"image-{abi}")
 
+    def base_image(self, image_id: str) -> str:
+        """A base image's config and layers as `docker save` gave them, kept by its ID."""
+        return os.path.join(self.root, "bases", _hex(image_id))
+
     def blobs(self) -> str:
         """Compressed image layers, by their uncompressed digest, so a push is the same."""
         return os.path.join(self.root, "blobs")
