@@ -192,3 +192,21 @@ def test_max_readers_caps_the_shared_reads_and_every_node_gets_its_copy(
     assert not list((root / ".locks").glob("readers-*.lock"))   # each slot released
     res = cli("run", root / "demo", "--max-readers", "x", "--", "true")
     assert res.exit_code == 125 and "--max-readers" in res.stderr
+
+
+def test_publishers_at_once_make_one_copy_and_a_generation_each(tmp_path: Path,
+                                                                  built: Built) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-m", "envbuild", "stage", "publish",
+                               str(built.env), "--root", str(root), "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    infos = [json.loads(out) for out, _ in outs]
+    assert sorted(int(i["generation"]) for i in infos) == [1, 2, 3]
+    assert len({i["version"] for i in infos}) == 1
+    assert [p.name for p in (root / ".envs").iterdir() if p.is_dir()] == [infos[0]["version"]]
+    assert not list((root / ".tmp").iterdir())
+    assert envbuild("verify", root / "demo", "--level", "full").returncode == 0
