@@ -206,6 +206,40 @@ def image(
         typer.echo(result.pushed or result.image_id)
 
 
+@app.command("diff")
+def diff_cmd(a: Annotated[str, typer.Argument(help="An env, staged pointer, manifest, run "
+                                              "record FILE:LINE, verify --json report or "
+                                              "docker://IMAGE.")], b: str,
+             as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
+             files: Annotated[bool, typer.Option(help="File-level changes, per "
+                                                 "distribution.")] = False) -> None:
+    """What differs from A to B, one `KIND: SUBJECT: A -> B` line each; exit 1 if any."""
+    from .diff import diff
+
+    with handle_errors():
+        result = diff(a, b, files=files)
+    lines = [json.dumps([d.to_json() for d in result.all_differences()])] if as_json \
+        else result.lines()
+    typer.echo("".join(f"{x}\n" for x in lines), nl=False)
+    raise typer.Exit(0 if result.same else 1)
+
+
+@app.command("export")
+def export_cmd(env: Annotated[str, typer.Argument(help="An env, staged pointer or "
+                                                  "docker://IMAGE.")],
+               fmt: Annotated[str, typer.Option("--format", metavar="pylock|cyclonedx|"
+                                                "requirements")],
+               output: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+                   "--output", "-o", help="Write here (default: stdout).")] = None) -> None:
+    """ENV as PEP 751 pylock.toml, a CycloneDX JSON SBOM, or requirements with hashes."""
+    from .export import export
+
+    with handle_errors():
+        text = export(env, fmt, output)
+    if output is None:
+        typer.echo(text, nl=False)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def verify(ctx: typer.Context) -> None:
     """Compare ENV with its manifest; list every difference, one line each.

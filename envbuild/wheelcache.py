@@ -4,6 +4,7 @@ hash. Nothing whose bytes do not match the lock is ever handed to the installer.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -31,6 +32,19 @@ Progress = Callable[[str], None]
 # pip's words for a connection that failed, as opposed to an answer it did not like
 _NETWORK_TROUBLE = ("ConnectionError", "ReadTimeoutError", "Max retries exceeded",
                     "IncompleteRead", "Connection reset", "ProtocolError")
+
+ORIGIN = ".origin.json"   # beside a cached artifact: {"url": where it was downloaded from}
+
+
+def artifact_origin(wheel_dir: str) -> str | None:
+    """The URL a cached artifact was downloaded from (credentials removed), if recorded."""
+    try:
+        with open(os.path.join(wheel_dir, ORIGIN), encoding="utf-8") as fh:
+            url = json.load(fh).get("url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return url if isinstance(url, str) else None
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -82,6 +96,8 @@ class WheelCache:
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
+                if path.name == ORIGIN:
+                    continue
                 found = file_digest(str(path))
                 if found != digest:
                     if self.offline:
@@ -143,6 +159,7 @@ class WheelCache:
                 time.sleep(2)
                 run_tool(argv, env=hermetic_env())
             by_hash = {h: e for e in entries for h in e.hashes}
+            origins = self._origins(reqs, tmp / "report.json")
             got: dict[str, tuple[Path, str]] = {}
             for path in sorted((tmp / "files").iterdir()):
                 digest = file_digest(str(path))
@@ -150,16 +167,38 @@ class WheelCache:
                 if entry is None:
                     raise BuildError(f"{path.name}: pip downloaded a file whose sha256 "
                                      f"{digest} is not in the lock")
-                got[entry.name] = (self._adopt(path, digest), digest)
+                got[entry.name] = (self._adopt(path, digest, origins.get(digest)), digest)
             return got
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _adopt(self, path: Path, digest: str) -> Path:
-        """Move a checked download into its content-addressed place."""
+    def _origins(self, reqs: Path, report: Path) -> dict[str, str]:
+        """{sha256: URL} of what pip just downloaded, from pip's installation report (a
+        dry run: the files come from pip's HTTP cache), for `export --format pylock`. Only
+        a record: a failure is logged, never fails the build."""
+        if self.interp.foreign_platforms:
+            return {}
+        from .lock import redact_url
+
+        try:
+            run_tool(self._pip("install", "--dry-run", "--ignore-installed", "--no-deps",
+                               "--require-hashes", "--quiet", "--progress-bar", "off",
+                               "--report", str(report), "-r", str(reqs),
+                               *self._index_args()), env=hermetic_env())
+            items = json.loads(report.read_text(encoding="utf-8"))["install"]
+            return {f"sha256:{item['download_info']['archive_info']['hashes']['sha256']}":
+                    redact_url(item["download_info"]["url"]) for item in items}
+        except (ToolError, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("origin URLs of the downloads not recorded: %s", exc)
+            return {}
+
+    def _adopt(self, path: Path, digest: str, url: str | None = None) -> Path:
+        """Move a checked download into its content-addressed place, with its origin."""
         folder = Path(self.store.layout.wheel_dir(digest))
         staging = Path(tempfile.mkdtemp(prefix="adopt-", dir=self.store.tmp))
         os.replace(path, staging / path.name)
+        if url:
+            (staging / ORIGIN).write_text(json.dumps({"url": url}), encoding="utf-8")
         if not publish_dir(staging, folder):
             remove_tree(staging)
         return folder / path.name
