@@ -180,6 +180,9 @@ def image(
         help="CA certificates (PEM) for a TLS registry the system does not trust.")] = None,
     store: Annotated[Optional[Path], typer.Option(  # noqa: UP007
         help="Store directory (default: $ENVBUILD_STORE, else the user cache dir).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Run the builder stage even if the "
+                                        "store has this env's layers from the same "
+                                        "inputs.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object with image_id, "
                                           "manifest_digest and pushed_digest.")] = False,
 ) -> None:
@@ -198,7 +201,7 @@ def image(
 
     with handle_errors(), _progress() as progress:
         result = build_image(recipe, tag, base=base, store_dir=store, push=push, ca=ca,
-                             progress=progress)
+                             progress=progress, force=force)
     if as_json:
         typer.echo(json.dumps(result.to_json(), sort_keys=True))
     else:

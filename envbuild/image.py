@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import imagecache
 from .build import check_interpreter
 from .errors import BuildError, InputError
 from .fsutil import atomic_write, publish_dir, remove_tree
 from .imagelayers import (
     BaseImage,
     ImageConfig,
+    Layer,
     WrittenConfig,
     env_layers,
     iso,
@@ -92,9 +94,10 @@ def engine() -> Any:
 
 def build_image(recipe_path: Path, tag: str, base: str | None = None,
                 store_dir: Path | None = None, push: bool = False, ca: Path | None = None,
-                progress: Progress = lambda _m: None) -> ImageResult:
+                progress: Progress = lambda _m: None, force: bool = False) -> ImageResult:
     """Build RECIPE's env into an image tagged `tag`, loaded into the engine; with `push`,
-    also sent to the tag's registry."""
+    also sent to the tag's registry. The env's layers of the same inputs built before are
+    reused (`imagecache`) unless `force`."""
     recipe = load_recipe(recipe_path)
     lock = read_lock(recipe)
     base = base or recipe.image.get("base")
@@ -114,15 +117,24 @@ def build_image(recipe_path: Path, tag: str, base: str | None = None,
                        cmd=list(recipe.image.get("entrypoint") or ["python"]))
     work = Path(tempfile.mkdtemp(prefix="image-", dir=store.tmp))
     try:
-        context = work / "context"
-        _context(context, recipe, [found[e.name] for e in entries],
-                 _tool_wheels(store, target, progress), {
-                     "PYTHON": target.executable, "RECIPE": recipe.path.name,
-                     "ENV_DIR": spec.env_dir, "BUILT_UTC": iso(spec.epoch)})
-        builder = _run_builder(client, context, base_image.id, progress)
-        result, config = _write_image(client, builder, work, _base_parts(
-            client, base_image, store, progress), spec, tag, progress)
-        _remove_builder(client, builder)
+        tools = _tool_wheels(store, target, progress)
+        cache_key = imagecache.key(lock.text, recipe.digest, base_image.id, tools.name,
+                                   spec.epoch, spec.env_dir)
+        kept = None if force else imagecache.load(store.layout, cache_key)
+        if kept is None:
+            context = work / "context"
+            _context(context, recipe, [found[e.name] for e in entries], tools, {
+                "PYTHON": target.executable, "RECIPE": recipe.path.name,
+                "ENV_DIR": spec.env_dir, "BUILT_UTC": iso(spec.epoch)})
+            builder = _run_builder(client, context, base_image.id, progress)
+            kept = _env_from(client, builder, work, spec, progress)
+            _remove_builder(client, builder)
+            imagecache.keep(store.layout, cache_key, *kept)
+        else:
+            progress("reusing the env's layers built before from the same inputs "
+                     "(--force builds them again)")
+        result, config = _write_image(client, work, _base_parts(
+            client, base_image, store, progress), *kept, spec, tag, progress)
         if push:
             result = _push(result, config, store, ca, progress)
     finally:
@@ -130,19 +142,27 @@ def build_image(recipe_path: Path, tag: str, base: str | None = None,
     return result
 
 
-def _write_image(client: Any, builder: str, work: Path, base: BaseImage, spec: ImageConfig,
-                 tag: str, progress: Progress) -> tuple[ImageResult, WrittenConfig]:
-    """The env taken from the builder into layers, the config, the image loaded and its ID
-    checked against the config's digest."""
-    from dataclasses import replace
-
+def _env_from(client: Any, builder: str, work: Path, spec: ImageConfig, progress: Progress
+              ) -> tuple[list[Layer], bytes]:
+    """The env taken from the builder's image into deterministic layers; its manifest."""
     progress("writing the image's layers")
     env_tar = work / "env.tar"
     _export(client, builder, spec.env_dir, env_tar)
-    parts = work / "parts"
+    parts = work / "layers"
     parts.mkdir()
     layers, manifest_bytes = env_layers(env_tar, spec.env_dir, parts, spec.epoch)
     env_tar.unlink()
+    return layers, manifest_bytes
+
+
+def _write_image(client: Any, work: Path, base: BaseImage, layers: list[Layer],
+                 manifest_bytes: bytes, spec: ImageConfig, tag: str, progress: Progress
+                 ) -> tuple[ImageResult, WrittenConfig]:
+    """The config, the image loaded and its ID checked against the config's digest."""
+    from dataclasses import replace
+
+    parts = work / "parts"
+    parts.mkdir()
     manifest = parse_manifest(manifest_bytes, f"{spec.env_dir}/envbuild-manifest.json")
     config = write_config(parts, base, layers, replace(spec, manifest_digest=manifest.digest))
     progress(f"loading {tag} into the engine")

@@ -297,3 +297,25 @@ def test_an_sdist_the_base_cannot_build_names_the_package(
     assert "needscc-1.0.tar.gz: expected to build a wheel" in proc.stderr, proc.stderr
     assert "'cc'" in proc.stderr, proc.stderr
     assert "Traceback (most recent call last)" not in proc.stderr.split("found pip")[0]
+
+
+def test_the_same_inputs_reuse_the_env_layers_checked(image: Image) -> None:
+    """A second build of the same lock and base reuses the env's layers kept in the store
+    (the builder stage does not run), and gives the same image; a damaged kept layer is
+    noticed and the layers are built again; --force builds them again anyway."""
+    again = "localhost/demo:again"
+    proc = envbuild("image", image.recipe, "--tag", again, "--json", env=image.env)
+    assert proc.returncode == 0, proc.stderr
+    assert "reusing the env's layers" in proc.stderr
+    assert json.loads(proc.stdout)["image_id"] == image.info["image_id"]
+    [kept] = [d for d in (image.store / "images").iterdir()
+              if "sha256:" + hashlib.sha256((d / "envbuild-manifest.json").read_bytes())
+              .hexdigest() == image.info["manifest_digest"]]
+    victim = next(p for p in kept.glob("*.tar"))
+    victim.write_bytes(victim.read_bytes()[:-1024] + b"\0" * 1024 + b"x")
+    for extra in ((), ("--force",)):
+        proc = envbuild("image", image.recipe, "--tag", again, *extra, "--json",
+                        env=image.env)
+        assert proc.returncode == 0, proc.stderr
+        assert "reusing the env's layers" not in proc.stderr
+        assert json.loads(proc.stdout)["image_id"] == image.info["image_id"]
