@@ -97,7 +97,7 @@ def sha256_file(path: Path) -> str:
 
 def cached_artifact(store: Path, digest: str) -> Path:
     folder = store / "wheels" / digest.removeprefix("sha256:")
-    found = sorted(folder.iterdir())
+    found = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     assert len(found) == 1, found
     return found[0]
 
