@@ -3,7 +3,6 @@ uid/gid 0 and no names, so the same env gives the same bytes; and its safe unpac
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from pathlib import Path
@@ -11,9 +10,9 @@ from typing import BinaryIO
 
 from .errors import EnvbuildError
 from .fsutil import atomic_write_from
+from .hashing import file_digest
 
 FIXED_EPOCH = 315532800          # 1980-01-01
-_CHUNK = 1 << 20
 
 
 def pack(src: Path, directory: Path, name: str, epoch: int = FIXED_EPOCH) -> str:
@@ -68,11 +67,7 @@ def _add(tf: tarfile.TarFile, root: Path, rel: str, arcname: str, epoch: int) ->
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return file_digest(str(path))
 
 
 def unpack(archive: Path, dest: Path) -> Path:

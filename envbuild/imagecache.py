@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import BUILD_FORMAT
 from .fsutil import publish_dir, remove_tree
+from .hashing import file_digest
 from .imagelayers import Layer
 from .layout import StoreLayout
 
@@ -52,7 +53,7 @@ def load(layout: StoreLayout, cache_key: str) -> tuple[list[Layer], bytes] | Non
     layers = [Layer(item["diff_id"], where / f"{item['diff_id'][7:]}.tar",
                     item["created_by"]) for item in index]
     for layer in layers:
-        if not layer.path.is_file() or _sha256(layer.path) != layer.diff_id:
+        if not layer.path.is_file() or file_digest(str(layer.path)) != layer.diff_id:
             log.warning("%s: a kept layer no longer matches its digest; building again",
                         where)
             remove_tree(where)
@@ -82,11 +83,3 @@ def keep(layout: StoreLayout, cache_key: str, layers: list[Layer], manifest: byt
     except BaseException:
         remove_tree(staging)
         raise
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()

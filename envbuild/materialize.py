@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import EnvbuildError
 from .fsutil import remove_tree
+from .hashing import file_digest
 from .layout import MANIFEST, VERSIONS
 
 _CHUNK = 1 << 20
@@ -60,7 +61,7 @@ def _local_archive(root: str, version: str, cache: str, work: Path, max_readers:
     shared = os.path.join(root, VERSIONS, version + ".tar")
     expected = _read_retrying(shared + ".sha256").decode().strip()
     local = Path(cache) / (version + ".tar")
-    if local.is_file() and _sha256(local) == expected:
+    if local.is_file() and file_digest(str(local)) == expected:
         return local                          # shipped by `stage fetch --bcast`
     time.sleep(random.uniform(0, JITTER_SECONDS))
     copy = work / (version + ".tar")
@@ -84,14 +85,6 @@ def _copy_hashing(src: str, dst: Path) -> str:
         while chunk := fin.read(_CHUNK):
             h.update(chunk)
             fout.write(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
     return "sha256:" + h.hexdigest()
 
 

@@ -116,6 +116,18 @@ def built(tmp_path_factory: pytest.TempPathFactory, index: LocalIndex) -> Built:
     return Built(recipe, work / "store", Path(info["path"]), info["manifest_digest"])
 
 
+@pytest.fixture(scope="session")
+def second(tmp_path_factory: pytest.TempPathFactory, index: LocalIndex, built: Built) -> Path:
+    """Another version of the demo env (fewer packages), in the same store: the same name,
+    another key. Never modify it."""
+    work = tmp_path_factory.mktemp("second")
+    recipe = write_recipe(work, index, deps=["alpha", "delta"])
+    assert cli("lock", recipe).exit_code == 0
+    res = cli("build", recipe, "--store", built.store)
+    assert res.exit_code == 0, res.stderr
+    return Path(res.stdout.strip().splitlines()[-1])
+
+
 def copy_env(src: Path, dst: Path) -> Path:
     """A copy of a built env at another path, with its read-only modes kept."""
     shutil.copytree(src, dst, symlinks=True)

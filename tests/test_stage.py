@@ -13,21 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Built, cli, envbuild, write_recipe
-from pkgindex import LocalIndex
+from conftest import Built, cli, envbuild
 
 from envbuild.archive import file_sha256, pack, unpack
-
-
-@pytest.fixture(scope="module")
-def second(tmp_path_factory: pytest.TempPathFactory, index: LocalIndex, built: Built) -> Path:
-    """Another version of the demo env (fewer packages): same name, another key."""
-    work = tmp_path_factory.mktemp("second")
-    recipe = write_recipe(work, index, deps=["alpha", "delta"])
-    assert cli("lock", recipe).exit_code == 0
-    res = cli("build", recipe, "--store", built.store)
-    assert res.exit_code == 0, res.stderr
-    return Path(res.stdout.strip().splitlines()[-1])
 
 
 def _publish(env: Path, root: Path) -> dict[str, object]:

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Built, cli, envbuild, write_recipe
-from pkgindex import LocalIndex
+from conftest import Built, cli, envbuild
 from sharedfs import SharedRoot, shared_root_fixture  # noqa: F401
 from slurmcluster import Cluster, slurm_fixture  # noqa: F401
 
@@ -20,17 +19,6 @@ pytestmark = pytest.mark.slow
 ENVBUILD = str(Path(sys.executable).with_name("envbuild"))
 PREFIX = "import sys; print(sys.prefix)"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "slurm" / "stage-and-run.sbatch"
-
-
-@pytest.fixture(scope="module")
-def second(tmp_path_factory: pytest.TempPathFactory, index: LocalIndex, built: Built) -> Path:
-    """Another version of the demo env: same name, another key."""
-    work = tmp_path_factory.mktemp("second")
-    recipe = write_recipe(work, index, deps=["alpha", "delta"])
-    assert cli("lock", recipe).exit_code == 0
-    res = cli("build", recipe, "--store", built.store)
-    assert res.exit_code == 0, res.stderr
-    return Path(res.stdout.strip().splitlines()[-1])
 
 
 def _root(shared: SharedRoot, name: str) -> tuple[Path, Path]:
