@@ -57,7 +57,9 @@ def build_rows(tasks: BuildTasks, samples: dict[str, list[float]]) -> list[Row]:
     rows = []
     for (mine, theirs, label, goal) in (
             (tasks.COLD, tasks.BASE_COLD, "build: cold wheel cache (fresh store)", ""),
-            (tasks.WARM, tasks.BASE_WARM, "build: warm wheel cache", "≤ 1.0×")):
+            (tasks.WARM, tasks.BASE_WARM, "build: warm wheel cache", "≤ 1.0×"),
+            (tasks.FORCED, tasks.BASE_WARM, "build: warm wheel cache, builder stage run "
+             "(--force)", "")):
         a, b = samples[mine], samples[theirs]
         row = Row(label, median(a), baseline=theirs, baseline_ms=median(b), goal=goal,
                   paired=[x / y for x, y in zip(a, b)])
@@ -296,7 +298,8 @@ def measure(engine: Engine, base: str, wheels: Path, args: argparse.Namespace,
         data["phases"] = {name: phases(runs) for name, runs in tasks.marks.items()}
         sections.append("Where the time goes (medians, seconds from one progress line to the "
                         "next; `exit` is the process's end):\n\n"
-                        + phase_table(data["phases"], [tasks.COLD, tasks.WARM]) + "\n\n"
+                        + phase_table(data["phases"],
+                                      [tasks.COLD, tasks.WARM, tasks.FORCED]) + "\n\n"
                         + phase_table(data["phases"], [tasks.BASE_COLD, tasks.BASE_WARM]))
     sizes = size_rows(engine, tasks.envbuild_tag, tasks.dockerfile_tag)
     sections.append(quantity_table(sizes))
