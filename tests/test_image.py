@@ -319,3 +319,23 @@ def test_the_same_inputs_reuse_the_env_layers_checked(image: Image) -> None:
         assert proc.returncode == 0, proc.stderr
         assert "reusing the env's layers" not in proc.stderr
         assert json.loads(proc.stdout)["image_id"] == image.info["image_id"]
+
+
+def test_diff_and_export_read_the_env_inside_an_image(image: Image, tmp_path: Path) -> None:
+    """`diff` and `export` take `docker://IMAGE`: the manifest read inside the image."""
+    proc = envbuild("diff", f"docker://{TAG}", f"docker://{TAG}", env=image.env)
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    here = cli("build", image.recipe, "--store", tmp_path / "store", "--json")
+    assert here.exit_code == 0, here.stderr
+    local = json.loads(here.stdout)["path"]
+    proc = envbuild("diff", f"docker://{TAG}", local, "--json", env=image.env)
+    assert proc.returncode == 1, proc.stderr
+    kinds = {d["kind"] for d in json.loads(proc.stdout)}
+    assert "interpreter" in kinds                       # the base's Python against the host's
+    assert not kinds & {"version", "added", "missing"}, proc.stdout   # the same distributions
+    proc = envbuild("export", f"docker://{TAG}", "--format", "requirements", env=image.env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(Path(local, "envbuild-manifest.json").read_text())
+    pins = sorted(line.split(" ")[0] for line in proc.stdout.splitlines()
+                  if "==" in line and not line.startswith("#"))
+    assert pins == sorted(f"{d['name']}=={d['version']}" for d in manifest["distributions"])
