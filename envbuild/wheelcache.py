@@ -159,7 +159,7 @@ class WheelCache:
                 time.sleep(2)
                 run_tool(argv, env=hermetic_env())
             by_hash = {h: e for e in entries for h in e.hashes}
-            origins = self._origins(reqs, tmp / "report.json")
+            origins = self._origins(reqs, tmp, entries)
             got: dict[str, tuple[Path, str]] = {}
             for path in sorted((tmp / "files").iterdir()):
                 digest = file_digest(str(path))
@@ -172,18 +172,28 @@ class WheelCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _origins(self, reqs: Path, report: Path) -> dict[str, str]:
+    def _origins(self, reqs: Path, tmp: Path, entries: list[LockEntry]) -> dict[str, str]:
         """{sha256: URL} of what pip just downloaded, from pip's installation report (a
         dry run: the files come from pip's HTTP cache), for `export --format pylock`. Only
-        a record: a failure is logged, never fails the build."""
-        if self.interp.foreign_platforms:
-            return {}
+        a record: a failure is logged, never fails the build. For an interpreter elsewhere
+        (an image's), pip reports on wheels only (`--only-binary`, with an unused
+        `--target`), so the entries that came as sdists are left out."""
         from .lock import redact_url
 
+        report, extra = tmp / "report.json", []
+        if self.interp.foreign_platforms:
+            wheels = {file_digest(str(p)) for p in (tmp / "files").glob("*.whl")}
+            reqs = tmp / "wheel-requirements.txt"
+            reqs.write_text("".join(
+                f"{e.name}=={e.version} " + " ".join(f"--hash={h}" for h in e.hashes) + "\n"
+                for e in entries if wheels & set(e.hashes)))
+            extra = ["--only-binary=:all:", "--target", str(tmp / "unused-target")]
+            if not wheels:
+                return {}
         try:
             run_tool(self._pip("install", "--dry-run", "--ignore-installed", "--no-deps",
                                "--require-hashes", "--quiet", "--progress-bar", "off",
-                               "--report", str(report), "-r", str(reqs),
+                               "--report", str(report), "-r", str(reqs), *extra,
                                *self._index_args()), env=hermetic_env())
             items = json.loads(report.read_text(encoding="utf-8"))["install"]
             return {f"sha256:{item['download_info']['archive_info']['hashes']['sha256']}":

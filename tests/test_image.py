@@ -339,3 +339,13 @@ def test_diff_and_export_read_the_env_inside_an_image(image: Image, tmp_path: Pa
     pins = sorted(line.split(" ")[0] for line in proc.stdout.splitlines()
                   if "==" in line and not line.startswith("#"))
     assert pins == sorted(f"{d['name']}=={d['version']}" for d in manifest["distributions"])
+    out = tmp_path / "pylock.toml"
+    proc = envbuild("export", f"docker://{TAG}", "--format", "pylock", "-o", out,
+                    env=image.env)
+    assert proc.returncode == 0, proc.stderr
+    import tomllib
+
+    lock = tomllib.loads(out.read_text())
+    assert sorted(p["name"] for p in lock["packages"]) == sorted(
+        d["name"] for d in manifest["distributions"])
+    assert lock["requires-python"] and "3.11" in str(lock.get("environments", ""))
