@@ -237,15 +237,7 @@ def _install_share(tmp: Path, work: Path, artifacts: list[Artifact]) -> None:
                       "--no-deps", "--require-hashes", "--no-compile", "--no-cache-dir",
                       "--no-warn-script-location", "--progress-bar", "off",
                       "--find-links", str(links), "-r", str(reqs)),
-             env=install_env())
-
-
-def install_env() -> dict[str, str]:
-    """pip's environment for an install: with `--python` pip runs under the env's own
-    interpreter, whose sys.path holds what the other installs have put in the env so far
-    (pip's vendored requests imports `socks` if present): without this, Python would
-    write pycs holding the build dir's path into the env."""
-    return hermetic_env({"PYTHONDONTWRITEBYTECODE": "1"})
+             env=hermetic_env())
 
 
 def _relocate(tmp: Path, interp: Interpreter) -> None:

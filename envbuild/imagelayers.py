@@ -161,8 +161,9 @@ def env_layers(env_tar: Path, env_dir: str, parts: Path, epoch: int
                 g = _group(rel, owners)
                 groups.setdefault(g, []).append(rel)
                 sizes[g] = sizes.get(g, 0) + m.size
-        empty_dirs = [rel for rel, m in by_rel.items() if rel and m.isdir() and not any(
-            other.startswith(rel + "/") for other in by_rel)]
+        parents = {rel.rpartition("/")[0] for rel in by_rel if rel}
+        empty_dirs = [rel for rel, m in by_rel.items()
+                      if rel and m.isdir() and rel not in parents]
         big = [g for g in sizes if g not in ("", "\0launch") and sizes[g] >= MIN_OWN_LAYER]
         own = sorted(sorted(big, key=lambda g: (-sizes[g], g))[:MAX_DIST_LAYERS])
         shared = [rel for g, rels in groups.items() if g not in own and g != "\0launch"
@@ -171,29 +172,29 @@ def env_layers(env_tar: Path, env_dir: str, parts: Path, epoch: int
         plan += [(f"env: {g}", groups[g]) for g in own]
         plan += [("env: manifest, sidecars and guard", groups.get("\0launch", []))]
         manifest = _member(tf, by_rel[MANIFEST].name).read()
-        layers = [_write_layer(tf, by_rel, rels, env_dir, epoch, parts, why)
-                  for why, rels in plan]
+        layers = [_write_layer(tf, by_rel, rels, env_dir, epoch, parts / f".layer-{n}.tar",
+                               why) for n, (why, rels) in enumerate(plan)]
     return layers, manifest
 
 
 def _write_layer(tf: tarfile.TarFile, by_rel: dict[str, tarfile.TarInfo], rels: list[str],
-                 env_dir: str, epoch: int, parts: Path, why: str) -> Layer:
+                 env_dir: str, epoch: int, tmp: Path, why: str) -> Layer:
     names: dict[str, tarfile.TarInfo | None] = {}
     top = env_dir.strip("/").split("/")
     for i in range(1, len(top)):
         names["/".join(top[:i])] = None          # /opt, /opt/envbuild: plain dirs
+    if rels:
+        names["/".join(top)] = by_rel[""]
     for rel in rels:
         parts_of = rel.split("/")
-        names["/".join(top)] = by_rel[""]
         for i in range(1, len(parts_of)):
             names["/".join([*top, *parts_of[:i]])] = by_rel["/".join(parts_of[:i])]
         names["/".join([*top, rel])] = by_rel[rel]
-    tmp = parts / f".layer-{len(list(parts.iterdir()))}.tar"
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as out:
         for name in sorted(names, key=lambda n: n.split("/")):
             _add(out, tf, name, names[name], epoch)
     digest = file_digest(str(tmp))
-    final = parts / f"{digest[7:]}.tar"
+    final = tmp.with_name(f"{digest[7:]}.tar")
     os.replace(tmp, final)
     return Layer(digest, final, why)
 

@@ -29,6 +29,10 @@ def hermetic_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["PIP_NO_INPUT"] = "1"
     env["PYTHONNOUSERSITE"] = "1"
+    # pip may run under an env's own interpreter (`--python`), whose sys.path holds what
+    # earlier installs put there: an import then would write a pyc naming the build dir
+    # (the bytecode step compiles through py_compile, which writes regardless)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     if extra:
         env.update(extra)
     return env

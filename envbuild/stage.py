@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .archive import pack
-from .errors import EnvbuildError, InputError, NotAnEnvError
+from .errors import EnvbuildError, InputError
 from .fsutil import atomic_write, publish_dir, remove_tree
 from .layout import VERSIONS, StagingLayout
 from .manifest import read_manifest
@@ -293,9 +293,6 @@ def lease(root: str, version: str) -> None:
     except OSError as exc:
         log.warning("cannot renew the lease %s: %s", path, exc)
 
-
-def not_staged(path: Path) -> NotAnEnvError:
-    return NotAnEnvError(f"{path}: expected a staged pointer (ROOT/NAME), found none")
 
 
 def fetch(name: str, root: Path, local: Path | None, bcast: bool = False,
