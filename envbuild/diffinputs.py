@@ -171,20 +171,11 @@ def _image_env(image: str) -> str:
 
 
 def image_file(image: str, rel: str) -> bytes:
-    """A file of the image's env, by `cat` in a throwaway container with no network."""
-    import docker
-
+    """A file of the image's env, read from a container that is created and never run."""
+    from .containerio import read_file
     from .image import engine
 
-    env = _image_env(image)
-    try:
-        out: bytes = engine().containers.run(image, [f"{env}/{rel}"], entrypoint=["cat"],
-                                             network_mode="none", remove=True, stdout=True,
-                                             stderr=False)
-    except docker.errors.ContainerError as exc:
-        raise NotAnEnvError(f"{DOCKER}{image}: expected {env}/{rel} in it, found: "
-                            f"{exc.stderr!r}") from None
-    return out
+    return read_file(engine(), image, f"{_image_env(image)}/{rel}")
 
 
 def image_files_sidecar(image: str) -> bytes:

@@ -107,7 +107,7 @@ def build_image(recipe_path: Path, tag: str, base: str | None = None,
     client = engine()
     base_image = _base(client, base)
     store = Store.locate(store_dir)
-    target = _probe_cached(client, base_image.id, store, progress)
+    target = _probe_cached(client, base_image.id, store, progress, base)
     check_interpreter(recipe, lock, target, f"the base image {base}")
     entries = [e for e in lock.entries if e.applies(target.markers)]
     found = WheelCache(store, target, recipe, False, progress).fetch(entries)
@@ -198,8 +198,8 @@ def _base(client: Any, base: str) -> Any:
                          "pull, import or build it first (envbuild never pulls)") from None
 
 
-def _probe_cached(client: Any, image_id: str, store: Store, progress: Progress
-                  ) -> Interpreter:
+def _probe_cached(client: Any, image_id: str, store: Store, progress: Progress,
+                  name: str) -> Interpreter:
     """The base's interpreter, probed once per base image ID (an image never changes)."""
     path = Path(store.layout.base_image(image_id) + ".probe.json")
     try:
@@ -207,7 +207,7 @@ def _probe_cached(client: Any, image_id: str, store: Store, progress: Progress
     except (OSError, ValueError, KeyError):
         pass
     progress("probing the base image's interpreter")
-    info = probe_info(client, image_id)
+    info = probe_info(client, image_id, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(info, sort_keys=True))
     return image_interpreter(info)
@@ -237,20 +237,27 @@ def _base_parts(client: Any, image: Any, store: Store, progress: Progress) -> Ba
     return read_base(folder)
 
 
-def probe_info(client: Any, image: str) -> dict[str, Any]:
-    """The probe's answer from the base image's own `python3`, run in it (no network)."""
+def probe_info(client: Any, image: str, name: str | None = None) -> dict[str, Any]:
+    """The probe's answer from the base image's own `python3`, run in it (no network);
+    `name`: the base as the user named it, for the error."""
     import docker
 
+    from .containerio import run_output
+
+    found = "nothing"
     try:
-        out = client.containers.run(image, ["-I", "-S", "-c", PROBE_SCRIPT],
-                                    entrypoint="python3", network_mode="none", remove=True,
-                                    user="0", stdout=True, stderr=True)
-        info: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    except (docker.errors.ContainerError, docker.errors.APIError, ValueError,
-            IndexError) as exc:
-        raise InputError(f"base image {image}: expected python3 (3.9 or newer) on its PATH, "
-                         f"found: {exc}") from None
-    return info
+        status, out, err = run_output(client, image, ["-I", "-S", "-c", PROBE_SCRIPT],
+                                      entrypoint="python3", user="0")
+        found = f"exit {status}: {err.decode(errors='replace').strip()[-400:]}"
+        if status == 0:
+            info: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+            return info
+    except docker.errors.APIError as exc:
+        found = str(exc)
+    except (ValueError, IndexError) as exc:
+        found = f"unreadable output ({exc})"
+    raise InputError(f"base image {name or image}: expected python3 (3.9 or newer) on its PATH, "
+                     f"found {found}")
 
 
 def _tool_wheels(store: Store, target: Interpreter, progress: Progress) -> Path:

@@ -53,10 +53,11 @@ def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
 
 
 def installer_identity() -> str:
-    """The pip that `pip_argv` runs, by name and version."""
-    from importlib.metadata import version
+    """The pip that `pip_argv` runs, by name and version (its own `__version__`: importing
+    pip's top module is cheap, unlike `importlib.metadata`)."""
+    import pip
 
-    return f"pip {version('pip')}"
+    return f"pip {pip.__version__}"
 
 
 def pip_argv(*args: str) -> list[str]:

@@ -114,29 +114,47 @@ def parse_files_lines(lines: list[str], escaped: bool = True
     return out
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
 def walk(env: str, errors: list[tuple[str, str]] | None = None,
          start: str = "") -> dict[str, os.stat_result]:
     """Every path under env (relative POSIX) with its lstat, outside the manifest and META;
     with `start`, only those under that relative dir. With `errors`, a directory that
-    cannot be read is appended as (relpath, why) instead of raising."""
+    cannot be read is appended as (relpath, why) instead of raising.
+
+    Each directory is opened relative to the env's and listed by its descriptor, so each
+    lstat resolves one name, not the whole path from `/` (about a third of the walk's time
+    on a deep tree)."""
     out: dict[str, os.stat_result] = {}
+    root = os.open(env, _DIR_FLAGS)
     stack = [start]
-    while stack:
-        rel = stack.pop()
-        try:
-            with os.scandir(os.path.join(env, rel) if rel else env) as it:
-                for entry in it:
-                    sub = f"{rel}/{entry.name}" if rel else entry.name
-                    if not rel and entry.name in (MANIFEST, META):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                    out[sub] = st
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(sub)
-        except OSError as exc:
-            if errors is None:
-                raise
-            errors.append((rel or ".", exc.strerror or str(exc)))
+    isdir = stat.S_ISDIR
+    try:
+        while stack:
+            rel = stack.pop()
+            try:
+                fd = os.open(rel, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=root) if rel else root
+                try:
+                    with os.scandir(fd) as it:   # on a duplicate of fd
+                        prefix = rel + "/" if rel else ""
+                        for entry in it:
+                            if not rel and entry.name in (MANIFEST, META):
+                                continue
+                            sub = prefix + entry.name
+                            st = entry.stat(follow_symlinks=False)
+                            out[sub] = st
+                            if isdir(st.st_mode):
+                                stack.append(sub)
+                finally:
+                    if fd != root:
+                        os.close(fd)
+            except OSError as exc:
+                if errors is None:
+                    raise
+                errors.append((rel or ".", exc.strerror or str(exc)))
+    finally:
+        os.close(root)
     return out
 
 

@@ -201,7 +201,7 @@ def _compare_tree(env: str, recorded: dict[str, tuple[str, int, int, str]],
     """Every path as the files sidecar records it; the regular files that match in all but
     their content, which only the full level reads."""
     intact: list[str] = []
-    for rel, (kind, mode, size, digest) in sorted(recorded.items()):
+    for rel, (kind, mode, size, digest) in recorded.items():   # in the sidecar's order
         st = found.get(rel)
         if st is None:
             diffs.append(Difference("missing", rel, "present", "absent"))
@@ -216,12 +216,13 @@ def _compare_tree(env: str, recorded: dict[str, tuple[str, int, int, str]],
                 diffs.append(Difference("permissions", rel, f"mode {mode:04o}",
                                         f"mode {stat.S_IMODE(st.st_mode):04o}"))
             intact.append(rel)
-    for rel in sorted(found):
-        st = found[rel]
+    extra: list[Difference] = []
+    for rel, st in found.items():   # in the walk's order: what it finds is sorted below
         if rel not in recorded and not stat.S_ISDIR(st.st_mode):
-            diffs.append(Difference("added", rel, "absent", "present"))
+            extra.append(Difference("added", rel, "absent", "present"))
         if st.st_uid not in trusted or (st.st_mode & WRITABLE and not stat.S_ISLNK(st.st_mode)):
-            owner_mode_diff(rel, st, trusted, diffs)
+            owner_mode_diff(rel, st, trusted, extra)
+    diffs.extend(sorted(extra, key=lambda d: d.subject))
     return intact
 
 

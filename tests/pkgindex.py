@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LocalIndex", "build_index", "clean_pip_env", "write_sdist", "write_wheel"]
+__all__ = ["LocalIndex", "build_index", "bulk_dist", "clean_pip_env", "write_sdist",
+           "write_wheel"]
 
 # What clean_pip_env() sets after dropping every ambient PIP_* variable.
 _PIP_ENV_DEFAULTS = {
@@ -296,15 +297,25 @@ def _html(title: str, body: list[str]) -> str:
     return "\n".join([*lines, f"<h1>{title}</h1>", *body, "</body>", "</html>", ""])
 
 
-def build_index(root: Path) -> LocalIndex:
-    """Build (or rebuild, byte-identically) the local index under ``root``."""
+def bulk_dist(version: str, count: int) -> _Dist:
+    """``bulk``: one module and ``count`` - 1 small data files, 100 to a directory (no
+    bytecode to compile): an env of many files whose top level stays the same."""
+    files = {"bulk/__init__.py": f'__version__ = "{version}"\n'}
+    files.update({f"bulk/d{n // 100:04d}/f{n % 100:02d}.txt": f"{n}\n"
+                  for n in range(count - 1)})
+    return _Dist("bulk", version, files)
+
+
+def build_index(root: Path, extra: tuple[_Dist, ...] = ()) -> LocalIndex:
+    """Build (or rebuild, byte-identically) the local index under ``root``; ``extra``:
+    distributions beside the usual ones."""
     root = Path(root).resolve()
     files, simple = root / "files", root / "simple"
     files.mkdir(parents=True, exist_ok=True)
     simple.mkdir(parents=True, exist_ok=True)
     built = [
         write_wheel(str(files), d.name, d.version, d.metadata(), d.files, d.entry_points())
-        for d in _wheel_dists()
+        for d in (*_wheel_dists(), *extra)
     ]
     built.append(write_sdist(str(files), _SDIST.name, _SDIST.version, _sdist_files(_SDIST)))
     _write_simple_index(simple, [files / name for name in built])

@@ -750,7 +750,7 @@ def test_installs_leave_no_pycs_that_name_the_build_dir(tmp_path: Path) -> None:
     (it would hold the build dir's path)."""
     from pkgindex import write_wheel
 
-    from envbuild.build import _install_share
+    from envbuild.assemble import _install_share
     from envbuild.hashing import file_digest
     from envbuild.lock import LockEntry
     from envbuild.wheelcache import Artifact

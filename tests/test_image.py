@@ -26,6 +26,8 @@ from containers import (  # noqa: F401
 )
 from pkgindex import LocalIndex
 
+from envbuild.containerio import run_output
+
 pytestmark = [pytest.mark.slow, pytest.mark.network]   # the builder's tools come from PyPI
 
 TAG = "localhost/demo:1"
@@ -58,15 +60,14 @@ def image(tmp_path_factory: pytest.TempPathFactory, index: LocalIndex,
 
 
 def _run(engine: DockerEngine, tag: str, *cmd: str, user: str | None = None) -> tuple[int, str]:
+    """The image's entrypoint run with `cmd`; its status and output, read from a stream
+    attached before it starts (the engine's logs can miss the tail of a fast exit)."""
     with closing(engine.client()) as client:
-        container = client.containers.create(tag, command=list(cmd) or None,
-                                             network_mode="none", user=user)
-        try:
-            container.start()
-            status = int(container.wait()["StatusCode"])
-            return status, container.logs(stdout=True, stderr=True).decode()
-        finally:
-            container.remove(force=True)
+        config = client.images.get(tag).attrs["Config"]
+        entrypoint = config["Entrypoint"]
+        status, out, err = run_output(client, tag, [*entrypoint[1:], *(cmd or config["Cmd"])],
+                                      entrypoint=entrypoint[0], user=user)
+        return status, (out + err).decode()
 
 
 def test_image_runs_its_packages_offline_as_non_root(image: Image,
@@ -145,6 +146,28 @@ def test_bad_input_is_refused_before_the_engine_works(image: Image, tmp_path: Pa
     proc = envbuild("image", image.recipe, "--tag", "localhost/x:1",
                     env={**image.env, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
     assert proc.returncode == 1 and "docker engine" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_base_without_python3_is_refused_naming_it(image: Image,
+                                                     docker_engine: DockerEngine) -> None:
+    """The probe runs the base's own python3; a base without one is bad input (exit 2)."""
+    import io
+    import tarfile
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as archive:
+        member = tarfile.TarInfo("etc/os-release")
+        text = b'ID=none\n'
+        member.size = len(text)
+        archive.addfile(member, io.BytesIO(text))
+    with closing(docker_engine.client()) as client:
+        client.api.import_image_from_data(data.getvalue(), repository="localhost/nopython",
+                                          tag="1")
+    proc = envbuild("image", image.recipe, "--tag", "localhost/x:2", "--base",
+                    "localhost/nopython:1", env=image.env)
+    assert proc.returncode == 2, proc.stderr
+    assert "localhost/nopython:1" in proc.stderr and "python3" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -323,8 +346,9 @@ def test_the_same_inputs_reuse_the_env_layers_checked(image: Image) -> None:
 
 def test_diff_and_export_read_the_env_inside_an_image(image: Image, tmp_path: Path) -> None:
     """`diff` and `export` take `docker://IMAGE`: the manifest read inside the image."""
-    proc = envbuild("diff", f"docker://{TAG}", f"docker://{TAG}", env=image.env)
-    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    for files in ((), ("--files",)):                   # --files reads the sidecar, 100s of kB
+        proc = envbuild("diff", f"docker://{TAG}", f"docker://{TAG}", *files, env=image.env)
+        assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
     here = cli("build", image.recipe, "--store", tmp_path / "store", "--json")
     assert here.exit_code == 0, here.stderr
     local = json.loads(here.stdout)["path"]

@@ -1,0 +1,209 @@
+"""An env's assembly in a temporary dir: the venv, the installs (offline, hash-checked),
+relocation, bytecode, read-only modes and the sealed manifest. Only a build that does not
+reuse an env imports this."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import stat
+import tempfile
+from pathlib import Path
+
+from .build import Progress
+from .bytecode import compile_env
+from .carried import HOOK_PTH, hook_line, install_launcher
+from .hashing import sha256_bytes
+from .hostreq import scan
+from .interpreter import Interpreter
+from .layout import LAUNCH_DIR
+from .lock import Lock
+from .manifest import Distribution, InterpreterRecord, LaunchPolicy, Manifest, seal
+from .proc import hermetic_env, pip_argv, run_tool
+from .recipe import Recipe
+from .startup import probe_startup
+from .store import Store
+from .wheelcache import Artifact
+
+# Console scripts start their own interpreter from beside themselves, wherever the env is.
+_TRAMPOLINE = (b"#!/bin/sh\n"
+               b"'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")\"/python \"$0\" \"$@\"\n"
+               b"' '''\n")
+
+
+def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
+             artifacts: list[Artifact], key: str, store: Store, progress: Progress,
+             fixed_time: str | None = None) -> None:
+    """The env of `artifacts` built in `tmp`, sealed with its manifest, read-only."""
+    progress(f"creating a venv for Python {interp.version}")
+    run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt", recipe.name,
+              str(tmp)], env=hermetic_env())
+    progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
+    _install(tmp, artifacts, store.tmp)
+    install_launcher(tmp, interp)
+    _relocate(tmp, interp)
+    progress("compiling bytecode")
+    compile_env(tmp, interp.site, tmp / LAUNCH_DIR, artifacts, interp, store)
+    startup = probe_startup(tmp, interp.site)   # before the hook, which would refuse here
+    if recipe.launch_hook:
+        (tmp / interp.site / HOOK_PTH).write_text(hook_line())
+    _normalize_files(tmp)
+    progress("writing the manifest")
+    draft = Manifest(
+        name=recipe.name, env_key=key,
+        inputs={"recipe": recipe.digest, "lock": sha256_bytes(lock.text.encode())},
+        interpreter=InterpreterRecord(
+            implementation=interp.implementation, version=interp.version, abi=interp.abi,
+            platform=interp.platform, libc=interp.libc, path=interp.executable,
+            sha256=interp.sha256, stdlib_digest=interp.stdlib_digest,
+            libpython=interp.libpython),
+        distributions=tuple(sorted((Distribution(a.entry.name, a.entry.version,
+                                                 a.artifact.name, a.sha256)
+                                    for a in artifacts), key=lambda d: d.name)),
+        environment=recipe.environment, host_optional=recipe.host_optional,
+        launch=LaunchPolicy(hook=recipe.launch_hook, root=recipe.launch_root,
+                            record_environment=recipe.launch_record))
+    seal(tmp, draft, interp.site, str(tmp).encode(), scan,
+         stdlib_landmark=os.path.join(interp.stdlib, "os.py"), startup=startup,
+         fixed_time=fixed_time)
+    _freeze_dirs(tmp)
+
+
+def _install(tmp: Path, artifacts: list[Artifact], store_tmp: Path) -> None:
+    """pip, offline, one pinned and hashed wheel per distribution, nothing else considered.
+
+    With --no-deps the wheels are independent, so a few pips install shares of them at
+    once (pip itself installs one wheel after another).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    shares: list[list[Artifact]] = [[] for _ in range(min(4, os.cpu_count() or 1))]
+    for art in sorted(artifacts, key=lambda a: a.wheel.stat().st_size, reverse=True):
+        min(shares, key=lambda s: sum(a.wheel.stat().st_size for a in s)).append(art)
+    with tempfile.TemporaryDirectory(prefix="install-", dir=store_tmp) as work:
+        with ThreadPoolExecutor(len(shares)) as pool:
+            # list() re-raises the first failure
+            list(pool.map(lambda n: _install_share(tmp, Path(work) / str(n), shares[n]),
+                          range(len(shares))))
+
+
+def _install_share(tmp: Path, work: Path, artifacts: list[Artifact]) -> None:
+    if not artifacts:
+        return
+    links = work / "wheels"
+    links.mkdir(parents=True)
+    lines = []
+    for art in artifacts:
+        os.symlink(art.wheel, links / art.wheel.name)
+        lines.append(f"{art.entry.name}=={art.entry.version} --hash={art.wheel_sha256}\n")
+    reqs = work / "requirements.txt"
+    reqs.write_text("".join(lines))
+    run_tool(pip_argv("--python", str(tmp / "bin" / "python"), "install", "--no-index",
+                      "--no-deps", "--require-hashes", "--no-compile", "--no-cache-dir",
+                      "--no-warn-script-location", "--progress-bar", "off",
+                      "--find-links", str(links), "-r", str(reqs)),
+             env=hermetic_env())
+
+
+def _relocate(tmp: Path, interp: Interpreter) -> None:
+    """Remove every absolute path into the build dir, so the env works wherever it is moved."""
+    prefix = str(tmp).encode()
+    rewritten: dict[str, bytes] = {}
+    bin_dir = tmp / "bin"
+    for path in sorted(bin_dir.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            continue
+        new = _retarget_script(path.read_bytes(), prefix)
+        if new is not None:
+            path.write_bytes(new)
+            rewritten[f"bin/{path.name}"] = new
+    _relocate_activate(bin_dir, str(tmp))
+    # csh cannot find its own script's path; rather no activate.csh than a wrong one
+    (bin_dir / "activate.csh").unlink(missing_ok=True)
+    cfg = tmp / "pyvenv.cfg"
+    cfg.write_text("".join(line for line in cfg.read_text().splitlines(True)
+                           if not line.startswith("command = ")))
+    _update_records(tmp / interp.site, tmp, rewritten)
+
+
+def _retarget_script(data: bytes, prefix: bytes) -> bytes | None:
+    """The script with its interpreter line made relative; None if it names no env interpreter.
+
+    Installers write `#!/abs/python`, or, when that path is too long for the kernel
+    (over 127 bytes) or holds a space, a `/bin/sh` preamble that execs it: both are replaced.
+    """
+    first, _, rest = data.partition(b"\n")
+    if first.startswith(b"#!") and prefix in first:
+        return _TRAMPOLINE + rest
+    if first == b"#!/bin/sh":
+        second, _, after = rest.partition(b"\n")
+        third, _, body = after.partition(b"\n")
+        if second.startswith(b"'''exec' ") and prefix in second and third == b"' '''":
+            return _TRAMPOLINE + body
+    return None
+
+
+# How each activate script finds the env from its own path (Activate.ps1 already does).
+_ACTIVATE_HERE = {
+    "activate": '"$(cd "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." && pwd)"',
+    "activate.fish": "(builtin realpath (dirname (status -f))/..)",
+}
+
+
+def _relocate_activate(bin_dir: Path, env_dir: str) -> None:
+    """Replace the env's path wherever an activate script names it: venv writes it quoted
+    or not (shlex-quoted since the gh-124651 fix), in one `VIRTUAL_ENV=` line up to 3.11
+    and in both branches of a cygwin/msys test (`export VIRTUAL_ENV=`, `$(cygpath ...)`)
+    from 3.12 on."""
+    here = re.escape(env_dir)
+    written = re.compile(f'"{here}"|\'{here}\'|{here}(?![\\w./-])')
+    for name, expression in _ACTIVATE_HERE.items():
+        path = bin_dir / name
+        if path.is_file():
+            path.write_text(written.sub(expression.replace("\\", "\\\\"), path.read_text()))
+
+
+def _update_records(site: Path, root: Path, rewritten: dict[str, bytes]) -> None:
+    """Keep RECORD's hashes true for the scripts rewritten above."""
+    import base64
+    import hashlib
+
+    if not rewritten:
+        return
+    for record in site.glob("*.dist-info/RECORD"):
+        rows = list(csv.reader(io.StringIO(record.read_text())))
+        changed = False
+        for row in rows:
+            if not row:
+                continue
+            rel = os.path.relpath(os.path.normpath(site / row[0]), root)
+            if rel in rewritten:
+                data = rewritten[rel]
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+                row[1:3] = [f"sha256={digest.decode()}", str(len(data))]
+                changed = True
+        if changed:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows(rows)
+            record.write_text(out.getvalue())
+
+
+def _normalize_files(root: Path) -> None:
+    """Read-only files: 0555 where any execute bit was set, else 0444."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, 0o555 if st.st_mode & 0o111 else 0o444)
+
+
+def _freeze_dirs(root: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o555)
+    os.chmod(root, 0o555)
