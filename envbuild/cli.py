@@ -6,14 +6,13 @@
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .errors import EnvbuildError, report
+from .cli_stage import stage_app
+from .cliutil import handle_errors, progress_line
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -24,31 +23,6 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     rich_markup_mode=None)
 log = logging.getLogger("envbuild")
-
-
-@contextmanager
-def handle_errors() -> Iterator[None]:
-    """The one place library errors become messages and exit codes."""
-    try:
-        yield
-    except EnvbuildError as exc:
-        raise typer.Exit(report(exc, "envbuild")) from None
-
-
-@contextmanager
-def _progress() -> Iterator[Callable[[str], None]]:
-    """A live status line on a terminal; plain lines on stderr otherwise (CI logs)."""
-    if not sys.stderr.isatty():
-        yield lambda message: typer.echo(f"envbuild: {message}", err=True)
-        return
-    from rich.console import Console
-
-    console = Console(stderr=True, log_path=False)
-    with console.status("envbuild: starting") as status:
-        def say(message: str) -> None:
-            console.log(f"envbuild: {message}")
-            status.update(f"envbuild: {message}")
-        yield say
 
 
 @app.callback()
@@ -97,7 +71,7 @@ def lock(
         if check:
             _check_lock(loaded, python)
             return
-        with _progress() as progress:
+        with progress_line() as progress:
             target = lock_target(loaded, python, store, progress)
             progress(f"resolving {len(loaded.dependencies)} requirements for Python "
                      f"{target.short} against {redact_url(loaded.index_url)}")
@@ -154,7 +128,7 @@ def build(
     """
     from .reuse import build_or_reuse
 
-    with handle_errors(), _progress() as progress:
+    with handle_errors(), progress_line() as progress:
         result = build_or_reuse(recipe, store=store, python=python, offline=offline,
                                 force=force, level=verify_level, progress=progress)
     if as_json:
@@ -199,7 +173,7 @@ def image(
     """
     from .image import build_image
 
-    with handle_errors(), _progress() as progress:
+    with handle_errors(), progress_line() as progress:
         result = build_image(recipe, tag, base=base, store_dir=store, push=push, ca=ca,
                              progress=progress, force=force)
     if as_json:
@@ -294,106 +268,4 @@ def run(ctx: typer.Context) -> None:
     raise typer.Exit(run_main(list(ctx.args)))
 
 
-stage_app = typer.Typer(
-    help="Shared-disk staging: publish an env to a staging root once, launch it from many "
-         "nodes (`envbuild run ROOT/NAME [--local DIR] -- CMD`), roll back, collect garbage.",
-    no_args_is_help=True, rich_markup_mode=None)
-app.add_typer(stage_app, name="stage")
-_ROOT = typer.Option("--root", help="The staging root (a directory on the shared disk).")
-
-
-@stage_app.command("publish")
-def stage_publish(
-    env: Annotated[Path, typer.Argument(help="A built env (the path `envbuild build` "
-                                        "prints).")],
-    root: Annotated[Path, _ROOT],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object with pointer, "
-                                          "version, generation and manifest_digest.")] = False,
-) -> None:
-    """Copy ENV to ROOT/.envs/<name>-<key>/ (verified, read-only) with its archive, then
-    point ROOT/<name> at it. Prints the pointer's absolute path.
-
-    Example: envbuild stage publish "$(envbuild build recipe.toml | tail -1)" --root /shared/envs
-    """
-    from .stage import publish
-
-    with handle_errors(), _progress() as progress:
-        result = publish(env, root, progress=progress)
-    if as_json:
-        typer.echo(json.dumps(result.to_json(), sort_keys=True))
-    else:
-        typer.echo(f"envbuild: {result.version} is generation {result.generation} of "
-                   f"{result.pointer.name}", err=True)
-        typer.echo(str(result.pointer))
-
-
-@stage_app.command("list")
-def stage_list(
-    root: Annotated[Path, _ROOT],
-    name: Annotated[Optional[str], typer.Argument(help="Only this name.")] = None,  # noqa: UP007
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
-) -> None:
-    """Every generation of every name: version, digest, when and by whom, which is current."""
-    from .stage import listing
-
-    with handle_errors():
-        rows = listing(root, name)
-    if as_json:
-        typer.echo(json.dumps(rows, sort_keys=True))
-        return
-    for row in rows:
-        mark = "*" if row["current"] else (" " if row["present"] else "-")
-        typer.echo(f"{mark} {row['name']} {row['generation']:>3} {row['version']} "
-                   f"{row['manifest_digest']} {row['action']} {row['utc']} "
-                   f"{row['user']}@{row['host']}")
-
-
-@stage_app.command("rollback")
-def stage_rollback(name: Annotated[str, typer.Argument(help="The name to roll back.")],
-                   root: Annotated[Path, _ROOT]) -> None:
-    """Point ROOT/NAME back at the version before the current one."""
-    from .stage import rollback
-
-    with handle_errors():
-        result = rollback(name, root)
-    typer.echo(f"envbuild: {name} is now {result.version} (generation {result.generation})",
-               err=True)
-    typer.echo(str(result.pointer))
-
-
-@stage_app.command("gc")
-def stage_gc(
-    root: Annotated[Path, _ROOT],
-    keep: Annotated[int, typer.Option(help="Previous versions kept per name.")] = 1,
-    min_age: Annotated[float, typer.Option("--min-age", help="Keep any version a run used "
-                                           "within this many days.")] = 7.0,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go.")] = False,
-) -> None:
-    """Remove versions that are not current, not among the --keep previous ones, and not
-    used by a run within --min-age days (runs leave a lease per node, renewed hourly)."""
-    from .stage import gc
-
-    with handle_errors():
-        removed = gc(root, keep=keep, min_age_days=min_age, dry_run=dry_run)
-    for version in removed:
-        typer.echo(f"{'would remove' if dry_run else 'removed'} {version}")
-
-
-@stage_app.command("fetch")
-def stage_fetch(
-    name: Annotated[str, typer.Argument(help="The staged name.")],
-    root: Annotated[Path, _ROOT],
-    local: Annotated[Optional[Path], typer.Option(  # noqa: UP007
-        help="Node-local cache dir (default: $ENVBUILD_LOCAL).")] = None,
-    bcast: Annotated[bool, typer.Option("--bcast", help="Inside a Slurm allocation: ship the "
-                                        "archive to every node's local disk with sbcast, "
-                                        "once, for the job's launches.")] = False,
-) -> None:
-    """Put NAME's current version on node-local disk ahead of the launches: materialized
-    here, or with --bcast its archive sent to every node of the allocation by sbcast (run
-    once from the batch script, never per task). Prints the version."""
-    from .stage import fetch
-
-    with handle_errors(), _progress() as progress:
-        version = fetch(name, root, local, bcast=bcast, progress=progress)
-    typer.echo(version)
+app.add_typer(stage_app, name="stage")   # after the commands: its place in --help
