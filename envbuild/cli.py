@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from .cli_stage import stage_app
-from .cliutil import handle_errors, progress_line
+from .cliutil import (
+    HELP_OPTIONS,
+    Command,
+    Settings,
+    hand_parsed,
+    handle_errors,
+    note,
+    progress_line,
+)
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -20,37 +28,58 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Provable Python environments: lock a recipe, build a content-addressed venv with "
          "a manifest, verify it at every launch, run programs in it.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    rich_markup_mode=None)
+    epilog="Start: envbuild lock app.toml; ENV=$(envbuild build app.toml); envbuild run "
+           "\"$ENV\" -- python -V.  Each command's -h has an example.",
+    no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+    context_settings=HELP_OPTIONS)
 log = logging.getLogger("envbuild")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import BUILD_FORMAT, __version__
+
+        typer.echo(f"envbuild {__version__} ({BUILD_FORMAT}, Python "
+                   f"{'.'.join(map(str, sys.version_info[:3]))})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v",
-                                                 help="Log every external command.")] = False
-           ) -> None:
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="Log every external command.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and the result "
+                                        "(no progress, no notes).")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="On an error, show the "
+                                        "traceback too.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print envbuild's version and exit.")] = False,
+) -> None:
+    Settings.quiet, Settings.debug = quiet, debug
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="envbuild: %(levelname)s: %(message)s", stream=sys.stderr)
 
 
+_STORE_HELP = "Store directory (default: $ENVBUILD_STORE, else the user cache dir)."
 _PYTHON_HELP = ("Interpreter to {what}: a path, a command on PATH (python3.12) or a version "
                 "(3.12: python3.12 on PATH, then $PYENV_ROOT/versions/3.12.*; default: the "
                 "Python running envbuild).")
 
 
-@app.command()
+@app.command(cls=Command)
 def lock(
-    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="The recipe TOML file.")],
     check: Annotated[bool, typer.Option("--check", help="Resolve nothing: exit 1 if the lock "
                                         "is missing or older than the recipe.")] = False,
     upgrade: Annotated[bool, typer.Option("--upgrade", help="Take the newest allowed "
                                           "versions instead of the lock's pins.")] = False,
     upgrade_package: Annotated[Optional[list[str]], typer.Option(  # noqa: UP007
-        "--upgrade-package", "-P", help="Upgrade only this package (repeatable).")] = None,
+        "--upgrade-package", "-P", metavar="PACKAGE",
+        help="Upgrade only this package (repeatable).")] = None,
     python: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        help=_PYTHON_HELP.format(what="lock for"))] = None,
+        metavar="PYTHON", help=_PYTHON_HELP.format(what="lock for"))] = None,
     store: Annotated[Optional[Path], typer.Option(  # noqa: UP007
-        help="Store whose tools/ holds pip-tools for another --python (default: "
+        metavar="DIR", help="Store whose tools/ holds pip-tools for another --python (default: "
              "$ENVBUILD_STORE, else the user cache dir).")] = None,
 ) -> None:
     """Resolve RECIPE with pip-tools into <stem>.lock beside it, every artifact hashed.
@@ -97,15 +126,15 @@ def _check_lock(loaded: "Recipe", python: Optional[str]) -> None:  # noqa: UP007
     typer.echo(f"{loaded.lock_path}: up to date")
 
 
-@app.command()
+@app.command(cls=Command)
 def build(
-    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file (its lock must be "
-                                           "fresh: see `envbuild lock`).")],
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="The recipe TOML file (its "
+                                           "lock must be fresh: see `envbuild lock`).")],
     store: Annotated[Optional[Path], typer.Option(  # noqa: UP007
-        help="Store directory (default: $ENVBUILD_STORE, else the user cache dir).")] = None,
+        metavar="DIR", help=_STORE_HELP)] = None,
     python: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        help=_PYTHON_HELP.format(what="build for"))] = None,
-    offline: Annotated[bool, typer.Option(help="Use only the wheel cache; fetch "
+        metavar="PYTHON", help=_PYTHON_HELP.format(what="build for"))] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Use only the wheel cache; fetch "
                                           "nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Build again even if the store "
                                         "has an intact env for this lock.")] = False,
@@ -134,26 +163,28 @@ def build(
     if as_json:
         typer.echo(json.dumps(result.to_json(), sort_keys=True))
     else:
-        typer.echo(f"envbuild: {'reused' if result.cached else 'built'} {result.path} "
-                   f"({result.manifest_digest})", err=True)
+        note(f"{'reused' if result.cached else 'built'} {result.path} "
+             f"({result.manifest_digest})")
         typer.echo(str(result.path))
 
 
-@app.command()
+@app.command(cls=Command)
 def image(
-    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file (its lock must be "
-                                           "fresh and made for the base's Python).")],
-    tag: Annotated[str, typer.Option("--tag", "-t", help="The image's name:tag "
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="The recipe TOML file (its "
+                                           "lock must be fresh and made for the base's "
+                                           "Python).")],
+    tag: Annotated[str, typer.Option("--tag", "-t", metavar="NAME:TAG", help="The image's name:tag "
                                      "(REGISTRY/REPO:TAG to --push).")],
     base: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        help="Base image in the engine (default: the recipe's [image] base); never "
-             "pulled.")] = None,
+        metavar="IMAGE", help="Base image in the engine (default: the recipe's [image] "
+                              "base); never pulled.")] = None,
     push: Annotated[bool, typer.Option("--push", help="Push the image to the tag's registry "
                                        "and print REPO@sha256:DIGEST.")] = False,
     ca: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        metavar="FILE",
         help="CA certificates (PEM) for a TLS registry the system does not trust.")] = None,
     store: Annotated[Optional[Path], typer.Option(  # noqa: UP007
-        help="Store directory (default: $ENVBUILD_STORE, else the user cache dir).")] = None,
+        metavar="DIR", help=_STORE_HELP)] = None,
     force: Annotated[bool, typer.Option("--force", help="Run the builder stage even if the "
                                         "store has this env's layers from the same "
                                         "inputs.")] = False,
@@ -179,18 +210,25 @@ def image(
     if as_json:
         typer.echo(json.dumps(result.to_json(), sort_keys=True))
     else:
-        typer.echo(f"envbuild: image {result.tag} ({result.manifest_digest})", err=True)
+        note(f"image {result.tag} ({result.manifest_digest})")
         typer.echo(result.pushed or result.image_id)
 
 
-@app.command("diff")
-def diff_cmd(a: Annotated[str, typer.Argument(help="An env, staged pointer, manifest, run "
-                                              "record FILE:LINE, verify --json report or "
-                                              "docker://IMAGE.")], b: str,
+@app.command("diff", cls=Command)
+def diff_cmd(a: Annotated[str, typer.Argument(
+                 metavar="A", help="An env, staged pointer, manifest, run record FILE:LINE, "
+                                   "verify --json report or docker://IMAGE.")],
+             b: Annotated[str, typer.Argument(metavar="B", help="The same kinds as A.")],
              as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
-             files: Annotated[bool, typer.Option(help="File-level changes, per "
+             files: Annotated[bool, typer.Option("--files", help="File-level changes, per "
                                                  "distribution.")] = False) -> None:
-    """What differs from A to B, one `KIND: SUBJECT: A -> B` line each; exit 1 if any."""
+    """What differs from A to B, one `KIND: SUBJECT: A -> B` line each; exit 1 if any.
+
+    Interpreter, distributions (added, missing, another version), host needs, the
+    environment contract; with --files, the files each changed distribution changed.
+
+    Example: envbuild diff runs/node-a.jsonl:12 runs/node-b.jsonl:40
+    """
     from .diff import diff
 
     with handle_errors():
@@ -201,14 +239,22 @@ def diff_cmd(a: Annotated[str, typer.Argument(help="An env, staged pointer, mani
     raise typer.Exit(0 if result.same else 1)
 
 
-@app.command("export")
-def export_cmd(env: Annotated[str, typer.Argument(help="An env, staged pointer or "
+@app.command("export", cls=Command)
+def export_cmd(env: Annotated[str, typer.Argument(metavar="ENV", help="An env, staged pointer or "
                                                   "docker://IMAGE.")],
                fmt: Annotated[str, typer.Option("--format", metavar="pylock|cyclonedx|"
-                                                "requirements")],
+                                                "requirements", help="The standard to "
+                                                "write.")],
                output: Annotated[Optional[Path], typer.Option(  # noqa: UP007
-                   "--output", "-o", help="Write here (default: stdout).")] = None) -> None:
-    """ENV as PEP 751 pylock.toml, a CycloneDX JSON SBOM, or requirements with hashes."""
+                   "--output", "-o", metavar="FILE",
+                   help="Write here (default: stdout).")] = None) -> None:
+    """ENV as PEP 751 pylock.toml, a CycloneDX JSON SBOM, or requirements with hashes.
+
+    Made from the manifest (what is inside, with the artifacts' hashes), not from the
+    recipe. cyclonedx needs `pip install 'envbuild[sbom]'`.
+
+    Example: envbuild export "$ENV" --format cyclonedx -o sbom.json
+    """
     from .export import export
 
     with handle_errors():
@@ -217,20 +263,27 @@ def export_cmd(env: Annotated[str, typer.Argument(help="An env, staged pointer o
         typer.echo(text, nl=False)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+_LEVEL = ("--level quick|files|full", "quick (default): the manifest, the interpreter, "
+          "everything the start reads, owners and modes a launch reads, host libraries by "
+          "version; files: + every file's size and mode, nothing added; full: + every byte.")
+_EXPECT = ("--expect sha256:HEX", "The manifest digest the env must have (what `build "
+           "--json` printed).")
+_HAND = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=_HAND, cls=hand_parsed(
+    "ENV [--level L] [--expect sha256:HEX] [--launch] [--json]",
+    [("ENV", "An env, a staged pointer ROOT/NAME, or docker://IMAGE.")],
+    [_LEVEL, _EXPECT,
+     ("--launch", "Also the launch's own checks: the variables the recipe requires."),
+     ("--json", "Print a report with manifest_digest and every difference.")]))
 def verify(ctx: typer.Context) -> None:
     """Compare ENV with its manifest; list every difference, one line each.
 
-    Usage: envbuild verify ENV [--level quick|files|full] [--expect sha256:HEX] [--json]
-
-    quick (default): the manifest (equal to --expect if given), the interpreter, the set of
-    dist-info dirs and .pth files, owners and modes of the paths a launch reads, required
-    variables, host needs. files: + every file's size and mode, nothing added, the file list
-    reproduces the tree digest. full: + every file's content.
-
-    Prints KIND: SUBJECT: expected X, found Y per difference; --json prints a report with
-    manifest_digest. Exit 0 if it matches, 1 if it differs, 2 if ENV is not an env (or the
-    input is bad, or verify fails itself).
+    Prints KIND: SUBJECT: expected X, found Y per difference. Exit 0 if it matches, 1 if it
+    differs, 2 if ENV is not an env (or the input is bad, or verify fails itself). The
+    required variables of the recipe's environment contract belong to launches: plain
+    verify leaves them out, so a CI step can check the artifact without the job's variables.
 
     Example: envbuild verify "$ENV" --level full --expect "$DIGEST"
     """
@@ -239,24 +292,26 @@ def verify(ctx: typer.Context) -> None:
     raise typer.Exit(verify_main(list(ctx.args)))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                               "allow_interspersed_args": False})
+@app.command(context_settings={**_HAND, "allow_interspersed_args": False},
+             cls=hand_parsed(
+    "ENV [--level L] [--expect sha256:HEX] [--local DIR] [--max-readers K] [--] CMD ARGS...",
+    [("ENV", "An env, a staged pointer ROOT/NAME, or docker://IMAGE."),
+     ("CMD ARGS...", "The program and its arguments (after --, or the first word after "
+                     "ENV that is not an option).")],
+    [(_LEVEL[0], "As for `envbuild verify` (default quick, the launch check)."), _EXPECT,
+     ("--local DIR", "A staged ENV: unpack its version on node-local disk once per node "
+                     "and run from there (default: $ENVBUILD_LOCAL)."),
+     ("--max-readers K", "At most K nodes read the shared disk at once (with --local).")]))
 def run(ctx: typer.Context) -> None:
     """Verify ENV, apply its environment contract, run CMD, record the run.
 
-    Usage: envbuild run ENV [--level L] [--expect sha256:HEX] [--local DIR] [--] CMD ARGS...
-
-    --level quick|files|full as for `envbuild verify` (default quick, the launch check);
-    --expect pins the manifest digest that `build --json` or `verify --json` printed.
     The contract: the recipe's `unset` names (and PYTHONPATH, PYTHONHOME, PYTHONSTARTUP,
     PYTHONUSERBASE) removed, `set` defaults applied, `require` checked, ENV/bin first on
     PATH. SIGINT, SIGTERM and SIGQUIT reach CMD once. One JSON line per launch goes to
     $ENVBUILD_RUNLOG, else to runs/<host>.jsonl in the store. Where envbuild is not
-    installed, ENV/bin/envbuild-guard does the same. ENV may be a staged pointer ROOT/NAME
-    (`envbuild stage publish`): resolved once, fresh, to its current version; --local DIR
-    (or $ENVBUILD_LOCAL) unpacks that version on node-local disk once per node and runs it
-    from there; --max-readers K lets at most K nodes read the shared disk at once.
-    ENV may also be docker://IMAGE: the image's guard runs CMD in a throwaway container.
+    installed, ENV/bin/envbuild-guard does the same. A staged pointer is resolved once,
+    fresh, to its current version; docker://IMAGE runs CMD through the image's guard in a
+    throwaway container.
 
     Exits with CMD's status (128+N if killed by signal N); 125 if refused or not an env,
     126 if CMD is not executable, 127 if not found.

@@ -9,6 +9,7 @@ program started refuses with 125, so it can never pass for the program's own sta
 
 from __future__ import annotations
 
+import errno
 import sys
 
 REFUSED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
@@ -106,8 +107,21 @@ def exit_status(exc: BaseException, launch: bool = False) -> int:
     return REFUSED if launch else 2
 
 
+_OS_HINTS = {
+    errno.ENOENT: "; was it removed while envbuild worked? run the command again",
+    errno.EACCES: "; check its owner and mode, or pass another --store",
+    errno.EPERM: "; check its owner and mode, or pass another --store",
+    errno.ENOSPC: "; free space on that file system, or pass another --store",
+    errno.EROFS: "; pass a writable --store",
+}
+
+
 def message_lines(exc: BaseException, launch: bool = False) -> list[str]:
     """What a person reads: one line per problem, in the words of the command that failed."""
+    if isinstance(exc, OSError) and exc.strerror:   # the file system under envbuild's feet
+        where = f"{exc.filename}: " if exc.filename else ""
+        return [f"{'refused: ' if launch else 'error: '}{where}{exc.strerror}"
+                f"{_OS_HINTS.get(exc.errno or 0, '')}"]
     if not isinstance(exc, EnvbuildError):
         return [f"{'refused: ' if launch else 'error: '}internal error: {exc!r}"]
     if launch and isinstance(exc, (CommandNotExecutable, CommandNotFound)):

@@ -7,7 +7,15 @@ from __future__ import annotations
 import os
 
 from .errors import UsageError, report
-from .launch import RUN_USAGE, VERIFY_USAGE, Args, launch, parse, verify_and_report
+from .launch import (
+    RUN_USAGE,
+    VERIFY_FLAGS,
+    VERIFY_USAGE,
+    Args,
+    launch,
+    parse,
+    verify_and_report,
+)
 from .layout import resolve_pointer
 
 DOCKER = "docker://"     # an image in the engine at $DOCKER_HOST: checked in a container
@@ -32,7 +40,7 @@ def verify_main(args: list[str]) -> int:
     """`envbuild verify ...`: 0 match, 1 mismatch, 2 not an env or bad input (or a failure
     of verify itself: never 1, which reads as "differs")."""
     try:
-        opts = parse(args, VERIFY_USAGE, want_env=True, want_cmd=False, flags=("--json",))
+        opts = parse(args, VERIFY_USAGE, want_env=True, want_cmd=False, flags=VERIFY_FLAGS)
         if str(opts.env).startswith(DOCKER):
             from .imagerun import verify_image
 

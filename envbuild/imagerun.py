@@ -18,7 +18,7 @@ def _guard_args(opts: Args) -> list[str]:
     args = ["--level", opts.level]
     if opts.expect:
         args += ["--expect", opts.expect]
-    return args
+    return [*args, "--launch"] if opts.launch else args
 
 
 def _image(image: str) -> tuple[Any, str]:

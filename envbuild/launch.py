@@ -113,7 +113,9 @@ def _check_root(report: Report, prog: str) -> None:
         raise Refused("permissions: user: expected an unprivileged user ([launch] root = "
                       "\"refuse\"), found root; run as a normal user (e.g. `runuser -u USER "
                       "-- ...` or `docker run --user`)")
-    if not _root_warned:
+    quiet = any(fields == ["allow"] for fields in report.quick.get("root", [])) \
+        or os.environ.get("ENVBUILD_ROOT_OK") == "1"   # root by design (an image, CI)
+    if not _root_warned and not quiet:
         _root_warned = True
         _say(prog, "warning: running as root; any file the program writes in the env's "
                    "reach is root-owned")
@@ -229,14 +231,15 @@ def _say(prog: str, message: str) -> None:
 RUN_USAGE = ("usage: envbuild run ENV [--level L] [--expect sha256:HEX] [--local DIR] "
              "[--max-readers K] [--] CMD ARGS...")
 VERIFY_USAGE = ("usage: envbuild verify ENV [--level quick|files|full] [--expect sha256:HEX] "
-                "[--json]")
+                "[--launch] [--json]")
 GUARD_USAGE = "usage: envbuild-guard [--level L] [--expect sha256:HEX] [--] CMD ARGS..."
 GUARD_VERIFY_USAGE = ("usage: envbuild-guard --verify [--level quick|files|full] "
-                      "[--expect sha256:HEX] [--json]")
+                      "[--expect sha256:HEX] [--launch] [--json]")
+VERIFY_FLAGS = ("--json", "--launch")   # --launch: the launch's own checks too
 
 
 class Args:
-    __slots__ = ("env", "level", "expect", "json", "cmd", "local", "max_readers")
+    __slots__ = ("env", "level", "expect", "json", "launch", "cmd", "local", "max_readers")
 
     def __init__(self) -> None:
         self.env: str | None = None
@@ -245,6 +248,7 @@ class Args:
         self.local: str | None = None       # run: a staged version materialized there
         self.max_readers = 0
         self.json = False
+        self.launch = False                 # verify: the launch's required variables too
         self.cmd: list[str] = []
 
 
@@ -335,7 +339,7 @@ def verify_and_report(env: str, opts: Args, prog: str) -> int:
     """Verify, print every difference (or `--json`'s report); 0 match, 1 mismatch, 2 not an
     env or a failure of verify itself (never 1, which reads as "differs")."""
     try:
-        result = verify(env, level=opts.level, expect=opts.expect)
+        result = verify(env, level=opts.level, expect=opts.expect, contract=opts.launch)
     except Exception as exc:  # noqa: BLE001
         return report(exc, prog)
     for warning in result.warnings:
@@ -361,7 +365,7 @@ def guard_main() -> None:
         try:
             env = resolve_pointer(os.path.dirname(os.path.abspath(sys.argv[1])))[0]
             opts = parse(sys.argv[3:], GUARD_VERIFY_USAGE, want_env=False, want_cmd=False,
-                         flags=("--json",))
+                         flags=VERIFY_FLAGS)
             code = verify_and_report(env, opts, "envbuild verify")
         except BaseException as exc:  # noqa: BLE001
             code = report(exc, "envbuild verify")

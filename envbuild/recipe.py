@@ -167,8 +167,9 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
     if not isinstance(hook, bool):
         issues.append(f"{where('launch', 'hook')}: expected true or false, found {hook!r}")
     root = launch.get("root", "warn")
-    if root not in ("warn", "refuse"):
-        issues.append(f"{where('launch', 'root')}: expected \"warn\" or \"refuse\", found {root!r}")
+    if root not in ("warn", "refuse", "allow"):
+        issues.append(f"{where('launch', 'root')}: expected \"warn\", \"refuse\" or \"allow\", "
+                      f"found {root!r}")
     record = launch.get("record-environment", "values")
     if record not in ("values", "names"):
         issues.append(f"{where('launch', 'record-environment')}: expected \"values\" or "

@@ -99,6 +99,27 @@ def test_root_warns_once(built: Built, tmp_path: Path) -> None:
     assert proc.stderr.count("warning: running as root") == 1
 
 
+@pytest.mark.slow
+def test_root_allow_policy_and_root_ok_are_silent(built: Built, tmp_path: Path,
+                                                   index: LocalIndex) -> None:
+    """`[launch] root = "allow"` silences the warning; so does ENVBUILD_ROOT_OK=1 (an image
+    that runs as root by design), which never overrides "refuse"."""
+    env = _build(tmp_path / "allow", index, "rootok", '[launch]\nroot = "allow"\n')
+    launches: list[list[str | Path]] = [["run", env, "--", "true"], ["verify", env]]
+    for launch in launches:
+        proc = envbuild(*launch)
+        assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    guard = subprocess.run([env / "bin" / "envbuild-guard", "true"], capture_output=True,
+                           text=True)
+    assert (guard.returncode, guard.stderr) == (0, "")
+    quiet = {**os.environ, "ENVBUILD_ROOT_OK": "1"}
+    proc = envbuild("run", built.env, "--", "true", env=quiet)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    strict = _build(tmp_path / "refuse", index, "noroot", '[launch]\nroot = "refuse"\n')
+    proc = envbuild("run", strict, "--", "true", env=quiet)
+    assert proc.returncode == 125 and "expected an unprivileged user" in proc.stderr
+
+
 def test_staging_root_owner_is_trusted(built: Built, tmp_path: Path) -> None:
     """An env under ROOT/.envs/ may belong to ROOT's owner; any other owner is refused."""
     root = tmp_path / "stage"

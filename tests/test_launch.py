@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Built, cli, copy_env, make_writable, write_recipe
+from conftest import Built, cli, copy_env, envbuild, make_writable, write_recipe
 from pkgindex import LocalIndex
 
 LAUNCHERS = ["run", "guard"]
@@ -281,6 +281,27 @@ def test_required_variables_set(kind: str, req_env: Path, tmp_path: Path) -> Non
     res = launch(kind, req_env, "sh", "-c", 'echo "$SCRATCH $JOBID"',
                  env_vars=environ(SCRATCH=str(tmp_path), JOBID="42"))
     assert (res.returncode, res.stdout) == (0, f"{tmp_path} 42\n"), res.stderr
+
+
+def test_verify_checks_the_artifact_and_launch_adds_the_variables(req_env: Path) -> None:
+    """A CI step verifies the env without the job's variables; `--launch` (and the guard's
+    `--verify --launch`) adds the launch's own checks."""
+    bare = environ()
+    for level in ("quick", "files", "full"):
+        res = envbuild("verify", req_env, "--level", level, env=bare)
+        assert res.returncode == 0, res.stdout + res.stderr
+    res = envbuild("verify", req_env, "--launch", "--json", env=bare)
+    assert res.returncode == 1, res.stderr
+    assert {(d["kind"], d["subject"]) for d in json.loads(res.stdout)["differences"]} == {
+        ("environment", "SCRATCH"), ("environment", "JOBID")}
+    res = envbuild("verify", req_env, "--launch", env=environ(SCRATCH="/s", JOBID="1"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    guard = str(req_env / "bin" / "envbuild-guard")
+    res = subprocess.run([guard, "--verify"], env=bare, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = subprocess.run([guard, "--verify", "--launch"], env=bare, capture_output=True,
+                         text=True)
+    assert res.returncode == 1 and "environment: SCRATCH: " in res.stdout
 
 
 # ---- the guard on a bare node ----------------------------------------------------------------
