@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .errors import ToolError
 
@@ -39,17 +39,32 @@ def hermetic_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-             cwd: str | os.PathLike[str] | None = None, input: str | None = None) -> str:
-    """Run a tool to completion and return its combined output; raise ToolError on failure."""
+             cwd: str | os.PathLike[str] | None = None, input: str | None = None,
+             on_line: Callable[[str], None] | None = None) -> str:
+    """Run a tool to completion and return its combined output; raise ToolError on failure.
+    `on_line` sees each line of output as it comes (for progress)."""
     args = [str(a) for a in argv]
     log.debug("running %s", " ".join(args))
-    proc = subprocess.run(args, env=dict(env) if env is not None else hermetic_env(),
-                          cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=None if input is not None else subprocess.DEVNULL,
-                          input=input, text=True, errors="replace")
-    if proc.returncode != 0:
-        raise ToolError(args, proc.returncode, proc.stdout)
-    return proc.stdout
+    environ = dict(env) if env is not None else hermetic_env()
+    if on_line is None:
+        proc = subprocess.run(args, env=environ, cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT,
+                              stdin=None if input is not None else subprocess.DEVNULL,
+                              input=input, text=True, errors="replace")
+        output, code = proc.stdout, proc.returncode
+    else:
+        lines: list[str] = []
+        with subprocess.Popen(args, env=environ, cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                              errors="replace") as child:
+            assert child.stdout is not None
+            for line in child.stdout:
+                lines.append(line)
+                on_line(line.rstrip("\n"))
+        output, code = "".join(lines), child.returncode
+    if code != 0:
+        raise ToolError(args, code, output)
+    return output
 
 
 def installer_identity() -> str:

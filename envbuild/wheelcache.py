@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -30,6 +31,7 @@ Progress = Callable[[str], None]
 
 
 # pip's words for a connection that failed, as opposed to an answer it did not like
+_DOWNLOADING = re.compile(r"\s*Downloading (\S+) \(([^)]+)\)")
 _NETWORK_TROUBLE = ("ConnectionError", "ReadTimeoutError", "Max retries exceeded",
                     "IncompleteRead", "Connection reset", "ProtocolError")
 
@@ -149,7 +151,7 @@ class WheelCache:
                              "off", "--dest", str(tmp / "files"), "-r", str(reqs),
                              *self._index_args())
             try:
-                run_tool(argv, env=hermetic_env())
+                run_tool(argv, env=hermetic_env(), on_line=self._say_download)
             except ToolError as exc:
                 if not any(sign in exc.output for sign in _NETWORK_TROUBLE):
                     raise
@@ -157,7 +159,7 @@ class WheelCache:
                 # one more pass (what did arrive is kept in --dest and not fetched again)
                 self.progress("the index connection failed; trying the download once more")
                 time.sleep(2)
-                run_tool(argv, env=hermetic_env())
+                run_tool(argv, env=hermetic_env(), on_line=self._say_download)
             by_hash = {h: e for e in entries for h in e.hashes}
             origins = self._origins(reqs, tmp, entries)
             got: dict[str, tuple[Path, str]] = {}
@@ -171,6 +173,13 @@ class WheelCache:
             return got
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _say_download(self, line: str) -> None:
+        """pip's `Downloading NAME (SIZE)` lines as progress (its metadata fetches aside)."""
+        found = _DOWNLOADING.match(line)
+        if found and not found.group(1).endswith(".metadata"):
+            self.progress(f"downloading {found.group(1).rsplit('/', 1)[-1]} "
+                          f"({found.group(2)})")
 
     def _origins(self, reqs: Path, tmp: Path, entries: list[LockEntry]) -> dict[str, str]:
         """{sha256: URL} of what pip just downloaded, from pip's installation report (a

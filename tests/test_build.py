@@ -276,6 +276,9 @@ def test_download_survives_a_connection_that_keeps_failing(index: LocalIndex,
         assert res.returncode == 0, res.stderr
         assert "trying the download once more" in res.stderr
         assert flaky.drops == 0
+        # progress names each download with its size, as pip reports it
+        assert re.search(r"envbuild: downloading alpha-2\.0-py3-none-any\.whl \(\d+(\.\d+)? "
+                         r"[kM]?B\)", res.stderr), res.stderr
         verify_full(res.stdout.strip().splitlines()[-1])
 
         flaky.drops = 1000       # an index that never answers: the build fails, exit 1
