@@ -18,7 +18,9 @@ fi
   | grep -v "^WARNING: Location" || true
 eb=.venv/bin/envbuild
 
-$eb lock --check "$recipe" || $eb lock "$recipe"
+# the committed lock serves if it was made for this Python; else lock for this one
+py=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+$eb lock --check "$recipe" --python "$py" || $eb lock "$recipe"
 env_dir=$($eb build "$recipe" | tail -n 1)
 digest=$($eb build "$recipe" --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["manifest_digest"])')
 $eb verify "$env_dir" --level full --expect "$digest"
