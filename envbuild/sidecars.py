@@ -107,10 +107,14 @@ def parse_files_lines(lines: list[str], escaped: bool = True
     """Lines of the files sidecar (no header) as {relpath: (kind, mode, size, sha256 hex)};
     `escaped` False: no line holds a backslash, so no path needs unescaping."""
     out: dict[str, tuple[str, int, int, str]] = {}
+    modes: dict[str, int] = {}   # a handful of distinct modes: each parsed once
     for line in lines:
         if line:
             kind, mode, size, digest, path = line.split("\t")
-            out[unescape(path) if escaped else path] = (kind, int(mode, 8), int(size), digest)
+            bits = modes.get(mode)
+            if bits is None:
+                bits = modes[mode] = int(mode, 8)
+            out[unescape(path) if escaped else path] = (kind, bits, int(size), digest)
     return out
 
 
