@@ -327,3 +327,20 @@ def test_bad_input_exits_2_and_changes_nothing(two: TwoEnvs, tmp_path: Path) -> 
         assert res.returncode == 2, (args, res)
         assert says in res.stderr, (args, res.stderr)
     assert snapshot(copy.store) == before
+
+
+def test_the_mark_of_use_is_named_by_the_path_alone(tmp_path: Path) -> None:
+    from envbuild.layout import mark_used, usage_mark
+
+    assert usage_mark("/s/envs/demo-0123456789abcdef") == "/s/used/demo-0123456789abcdef"
+    assert usage_mark("/s/envs/demo-0123456789abcdef/") == "/s/used/demo-0123456789abcdef"
+    for elsewhere in ("/root/.envs/demo-0123456789abcdef", "/local/demo-0123456789abcdef",
+                      "/s/envs/.tmp-demo-0123456789abcdef-x"):
+        assert usage_mark(elsewhere) is None, elsewhere
+    env = tmp_path / "envs" / "demo-0123456789abcdef"
+    env.mkdir(parents=True)
+    mark_used(str(env))                     # no used/ dir: nothing made, no failure
+    assert sorted(os.listdir(tmp_path)) == ["envs"]
+    (tmp_path / "used").mkdir()
+    mark_used(str(env))                     # the first use makes the mark
+    assert os.listdir(tmp_path / "used") == [env.name]
