@@ -67,7 +67,7 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
                             record_environment=recipe.launch_record))
     seal(tmp, draft, interp.site, str(tmp).encode(), scan,
          stdlib_landmark=os.path.join(interp.stdlib, "os.py"), startup=startup,
-         fixed_time=fixed_time)
+         fixed_time=fixed_time, recipe_path=recipe.path)
     _freeze_dirs(tmp)
 
 

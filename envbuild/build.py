@@ -17,7 +17,7 @@ from .carried import launcher_digest
 from .errors import CacheIntegrityError, InputError
 from .fsutil import publish_dir, remove_tree
 from .interpreter import Interpreter, probe
-from .layout import MANIFEST
+from .layout import MANIFEST, mark_used
 from .lock import Lock, read_lock
 from .manifest import read_manifest
 from .proc import installer_identity
@@ -139,6 +139,7 @@ def _judge(final: Path, check: Check | None, progress: Progress) -> str | None:
 
 
 def _result(final: Path, key: str, cached: bool, moved: Path | None = None) -> BuildResult:
+    mark_used(str(final))   # a build or reuse is a use: `envbuild gc` keeps the env
     return BuildResult(final, key, read_manifest(final).digest, cached, moved)
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from .cli_stage import stage_app
+from .cli_store import gc_cmd, list_cmd, show_cmd
 from .cliutil import (
     HELP_OPTIONS,
     Command,
@@ -323,4 +324,6 @@ def run(ctx: typer.Context) -> None:
     raise typer.Exit(run_main(list(ctx.args)))
 
 
+for _name, _command in (("list", list_cmd), ("show", show_cmd), ("gc", gc_cmd)):
+    app.command(_name, cls=Command)(_command)
 app.add_typer(stage_app, name="stage")   # after the commands: its place in --help

@@ -23,7 +23,7 @@ from .errors import (
     exit_status,
     report,
 )
-from .layout import LAUNCH_DIR, MANIFEST, resolve_pointer
+from .layout import LAUNCH_DIR, MANIFEST, mark_used, resolve_pointer
 from .runlog import record
 from .verify import LEVELS, Difference, Report, verify
 
@@ -86,6 +86,7 @@ def launch(env: str, argv: list[str], level: str = "quick", expect: str | None =
         record(Report(os.path.abspath(env), level, None, [why], {}), argv, started, REFUSED,
                None, None, dict(os.environ))
         raise
+    mark_used(result.env)   # for `envbuild gc`: one utime in the store, never a failure
     child_env = dict(os.environ)
     try:
         for warning in result.warnings:
@@ -327,6 +328,7 @@ def hook_check(prefix: str) -> None:
             raise Refused("\n".join(d.line() for d in result.differences))
     except Exception as exc:  # noqa: BLE001 - any failure refuses: the program must not run
         os._exit(report(exc, "envbuild-hook", launch=True))
+    mark_used(prefix)
     # Leave no trace: the program may have its own `envbuild` on sys.path.
     for name in [m for m in sys.modules if m == "envbuild" or m.startswith("envbuild.")]:
         del sys.modules[name]

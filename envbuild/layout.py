@@ -63,6 +63,9 @@ def store_root(explicit: str | os.PathLike[str] | None = None) -> str:
     return os.path.abspath(os.path.expanduser(chosen))
 
 
+USED = "used"   # a store's marks of use: `used/<name>-<key>`, its mtime the last use
+
+
 def short_key(env_key: str) -> str:
     """The first 16 hex digits of an env key: the part in an env's directory name."""
     return env_key[7:23] if env_key.startswith("sha256:") else env_key[:16]
@@ -71,12 +74,12 @@ def short_key(env_key: str) -> str:
 class StoreLayout:
     """The paths of one store. Nothing here touches the disk."""
 
-    SUBDIRS = ("wheels", "built", "pycs", "envs", "locks", "runs", "tmp")
+    SUBDIRS = ("wheels", "built", "pycs", "envs", "locks", "runs", "tmp", USED)
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self.wheels, self.built, self.pycs, self.envs, self.locks, self.runs, self.tmp = (
-            os.path.join(root, sub) for sub in self.SUBDIRS)
+        (self.wheels, self.built, self.pycs, self.envs, self.locks, self.runs, self.tmp,
+         self.used) = (os.path.join(root, sub) for sub in self.SUBDIRS)
         self.tools = os.path.join(root, "tools")     # made when a tool venv is first built
 
     def wheel_dir(self, sha256: str) -> str:
@@ -100,8 +103,13 @@ class StoreLayout:
 
     def aside_dir(self, why: str, name: str, env_key: str, utc: str) -> str:
         """Where an env found damaged (`why` "damaged") or being rebuilt ("replaced") is
-        moved by a build: `envs/.<why>-<name>-<key>-<utc>/`."""
+        moved by a build, or one being removed ("removed") by gc:
+        `envs/.<why>-<name>-<key>-<utc>/`."""
         return os.path.join(self.envs, f".{why}-{name}-{short_key(env_key)}-{utc}")
+
+    def used_mark(self, dir_name: str) -> str:
+        """The mark of use of `envs/<dir_name>` (see `usage_mark`)."""
+        return os.path.join(self.used, dir_name)
 
     def build_lock(self, name: str, env_key: str) -> str:
         return os.path.join(self.locks, f"{name}-{short_key(env_key)}.lock")
@@ -142,6 +150,35 @@ def store_of_env(env: str) -> str | None:
     if os.path.isdir(os.path.join(root, "wheels")) and os.path.isdir(os.path.join(root, "locks")):
         return root
     return None
+
+
+def usage_mark(env: str) -> str | None:
+    """The mark of use of the env at `<store>/envs/<name>-<key>`: `<store>/used/<name>-<key>`,
+    whose mtime is the env's last build, reuse or launch. It lives in the store's writable
+    part, beside the env (which may be read-only to whoever launches it). None for a path
+    outside a store's `envs/`, judged by its name alone (no syscall)."""
+    envs, base = os.path.split(env.rstrip("/"))
+    if os.path.basename(envs) != "envs" or not base or base.startswith("."):
+        return None
+    return os.path.join(os.path.dirname(envs), USED, base)
+
+
+def mark_used(env: str) -> None:
+    """Leave the mark of a use: one `utime` of the env's usage mark (made here on the first
+    use after a build that did not make it). Never fails: a read-only store, or another
+    user's, keeps its old mark and the launch goes on."""
+    mark = usage_mark(env)
+    if mark is None:
+        return
+    try:
+        os.utime(mark)
+    except FileNotFoundError:
+        try:
+            os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        except OSError:
+            pass
+    except OSError:
+        pass
 
 
 def runlog_path(env: str | None = None) -> str:

@@ -263,11 +263,12 @@ def quick_records(site: str, root: Path, manifest: Manifest,
 def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
          host_scan: Callable[[Path, list[str]], HostNeeds],
          stdlib_landmark: str | None = None, startup: Startup | None = None,
-         fixed_time: str | None = None) -> Manifest:
+         fixed_time: str | None = None, recipe_path: Path | None = None) -> Manifest:
     """Write the sidecars and the manifest into `root`; return the manifest.
 
     `draft` holds everything but what is computed here: the tree digest, the host needs
-    and the quick sidecar's digest.
+    and the quick sidecar's digest. `recipe_path`, the recipe built from, goes in the
+    provenance (not an image's, which names no path of the machine that built it).
     """
     (root / META).mkdir(exist_ok=True)
     listing = list_tree(root, forbidden)
@@ -282,7 +283,8 @@ def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
     provenance = {"built_utc": fixed_time, "envbuild_version": __version__} if fixed_time \
         else {"built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "host": socket.gethostname(), "user": getpass.getuser(),
-              "envbuild_version": __version__}
+              "envbuild_version": __version__,
+              "recipe": str(recipe_path.absolute()) if recipe_path else None}
     atomic_write(root / PROVENANCE, canonical(provenance), mode=0o444)
     atomic_write(root / MANIFEST, manifest.to_bytes(), mode=0o444)
     return manifest

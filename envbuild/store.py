@@ -240,3 +240,8 @@ def clear_leftovers(store: Store, name: str, key: str) -> None:
         if entry.name.startswith(prefix):
             log.info("removing the leftover of an interrupted build: %s", entry)
             remove_tree(entry)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a live holder (or one not yet judged gone) holds the lock at `path`."""
+    return path.exists() and _dead_holder(path) is None

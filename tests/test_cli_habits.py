@@ -15,7 +15,7 @@ import envbuild as package
 
 COMMANDS = [["lock"], ["build"], ["image"], ["diff"], ["export"], ["verify"], ["run"],
             ["stage"], ["stage", "publish"], ["stage", "list"], ["stage", "rollback"],
-            ["stage", "gc"], ["stage", "fetch"]]
+            ["stage", "gc"], ["stage", "fetch"], ["list"], ["show"], ["gc"]]
 
 
 def test_every_help_teaches_without_type_placeholders() -> None:
