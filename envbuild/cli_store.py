@@ -11,8 +11,8 @@ import typer
 
 from .cliutil import handle_errors
 
-_STORE = typer.Option(metavar="DIR", help="Store directory (default: $ENVBUILD_STORE, else the user cache "
-                      "dir); never created.")
+_STORE = typer.Option(metavar="DIR", help="Store directory (default: $ENVBUILD_STORE, else "
+                      "the user cache dir); never created.")
 
 
 def list_cmd(
@@ -38,8 +38,8 @@ def list_cmd(
 
 
 def show_cmd(
-    env: Annotated[str, typer.Argument(metavar="ENV", help="An env's path, or NAME: the newest env of that "
-                                       "name in the store.")],
+    env: Annotated[str, typer.Argument(metavar="ENV", help="An env's path, or NAME: the "
+                                       "newest env of that name in the store.")],
     store: Annotated[Optional[Path], _STORE] = None,  # noqa: UP007
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest itself.")] = False,
 ) -> None:
@@ -62,9 +62,9 @@ def show_cmd(
 
 def gc_cmd(
     store: Annotated[Optional[Path], _STORE] = None,  # noqa: UP007
-    keep_days: Annotated[float, typer.Option("--keep-days", metavar="N", help="Keep every env built, reused "
-                                             "or launched within this many days (default "
-                                             "30).")] = 30.0,
+    keep_days: Annotated[float, typer.Option("--keep-days", metavar="N", help="Keep every "
+                                             "env built, reused or launched within this "
+                                             "many days (default 30).")] = 30.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go and the bytes "
                                           "it would free; change nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object: removed, kept "
