@@ -26,6 +26,7 @@ from .lock import Target, running_target
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import PYPI_SIMPLE, Recipe
 from .store import Store, exclusive
+from .trust import find_trust
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -109,7 +110,8 @@ def _make_tool_venv(tmp: Path, interp: Interpreter, progress: Progress) -> None:
     try:
         run_tool(pip_argv("--python", str(tmp / "bin" / "python"), "install", "--index-url",
                           tools_index_url(), "--progress-bar", "off",
-                          "--no-warn-script-location", *wanted),
+                          "--no-warn-script-location", *find_trust("install").pip_args(),
+                          *wanted),
                  env=hermetic_env())
     except ToolError as exc:    # name what was wanted, from where, for which Python
         raise ToolError([f"pip install {' '.join(wanted)} (for {interp.executable}, from "

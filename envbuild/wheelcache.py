@@ -21,9 +21,11 @@ from .fsutil import publish_dir, remove_tree
 from .hashing import file_digest
 from .interpreter import Interpreter
 from .lock import LockEntry
+from .pipfail import unreachable
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe
 from .store import Store
+from .trust import find_trust
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -121,8 +123,9 @@ class WheelCache:
         except InvalidWheelFilename:
             return False
 
-    def _index_args(self) -> list[str]:
-        args = ["--index-url", self.recipe.index_url]
+    def _index_args(self, command: str) -> list[str]:
+        """Where `pip command` finds artifacts, and which CAs it trusts there."""
+        args = ["--index-url", self.recipe.index_url, *find_trust(command).pip_args()]
         for link in self.recipe.find_links:
             args += ["--find-links", str(link)]
         return args
@@ -147,7 +150,7 @@ class WheelCache:
                 for e in entries))
             argv = self._pip("download", "--no-deps", "--require-hashes", "--progress-bar",
                              "off", "--dest", str(tmp / "files"), "-r", str(reqs),
-                             *self._index_args())
+                             *self._index_args("download"))
             try:
                 run_tool(argv, env=hermetic_env())
             except ToolError as exc:
@@ -157,7 +160,7 @@ class WheelCache:
                 # one more pass (what did arrive is kept in --dest and not fetched again)
                 self.progress("the index connection failed; trying the download once more")
                 time.sleep(2)
-                run_tool(argv, env=hermetic_env())
+                self._download_again(argv)
             by_hash = {h: e for e in entries for h in e.hashes}
             origins = self._origins(reqs, tmp, entries)
             got: dict[str, tuple[Path, str]] = {}
@@ -171,6 +174,13 @@ class WheelCache:
             return got
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _download_again(self, argv: list[str]) -> None:
+        try:
+            run_tool(argv, env=hermetic_env())
+        except ToolError as exc:
+            trust = find_trust("download")
+            raise (unreachable(exc.output, self.recipe.index_url, trust) or exc) from None
 
     def _origins(self, reqs: Path, tmp: Path, entries: list[LockEntry]) -> dict[str, str]:
         """{sha256: URL} of what pip just downloaded, from pip's installation report (a
@@ -194,7 +204,7 @@ class WheelCache:
             run_tool(self._pip("install", "--dry-run", "--ignore-installed", "--no-deps",
                                "--require-hashes", "--quiet", "--progress-bar", "off",
                                "--report", str(report), "-r", str(reqs), *extra,
-                               *self._index_args()), env=hermetic_env())
+                               *self._index_args("install")), env=hermetic_env())
             items = json.loads(report.read_text(encoding="utf-8"))["install"]
             return {f"sha256:{item['download_info']['archive_info']['hashes']['sha256']}":
                     redact_url(item["download_info"]["url"]) for item in items}
@@ -237,7 +247,7 @@ class WheelCache:
         self.progress(f"building a wheel from {sdist.name}")
         staging = Path(tempfile.mkdtemp(prefix="wheel-", dir=self.store.tmp))
         try:
-            index = ["--no-index"] if self.offline else self._index_args()
+            index = ["--no-index"] if self.offline else self._index_args("wheel")
             try:
                 run_tool(self._pip("wheel", "--no-deps", "--progress-bar", "off",
                                    "--wheel-dir", str(staging), str(sdist), *index),
