@@ -45,6 +45,11 @@ class Trust:
     def pip_args(self) -> list[str]:
         return ["--cert", self.cert] if self.cert else []
 
+    def pip_env(self) -> dict[str, str]:
+        """For a pip that starts pips of its own (build isolation installs build
+        dependencies with a pip that is never given `--cert`): the same trust, inherited."""
+        return {"PIP_CERT": self.cert} if self.cert else {}
+
     def describe(self) -> str:
         return f"{self.cert} (from {self.source})" if self.cert else SYSTEM
 

@@ -248,10 +248,11 @@ class WheelCache:
         staging = Path(tempfile.mkdtemp(prefix="wheel-", dir=self.store.tmp))
         try:
             index = ["--no-index"] if self.offline else self._index_args("wheel")
+            trust = {} if self.offline else find_trust("wheel").pip_env()
             try:
                 run_tool(self._pip("wheel", "--no-deps", "--progress-bar", "off",
                                    "--wheel-dir", str(staging), str(sdist), *index),
-                         env=hermetic_env({"SOURCE_DATE_EPOCH": "315532800"}))
+                         env=hermetic_env({"SOURCE_DATE_EPOCH": "315532800", **trust}))
             except ToolError as exc:
                 tail = "\n".join(exc.output.strip().splitlines()[-8:])
                 raise BuildError(f"{sdist.name}: expected to build a wheel of it for Python "
