@@ -335,3 +335,17 @@ def test_output_readers() -> None:
     output = ("noise\nTraceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
               "    f()\n    ^^^\nValueError: https://u:secret@host/simple\n\n")
     assert useful_tail(output) == "noise\nValueError: https://host/simple"
+
+
+def test_build_downloads_with_the_same_trust(tmp_path: Path, index: LocalIndex,
+                                             https_index: str, certs: Certs) -> None:
+    """The build's `pip download` is given the trust `lock` was; a REQUESTS_CA_BUNDLE
+    naming another CA does not override it."""
+    recipe = recipe_at(tmp_path, index, https_index, deps=["beta"])
+    env = user_env(tmp_path, PIP_CERT=str(certs.ca), REQUESTS_CA_BUNDLE=str(certs.other_ca))
+    res = envbuild("lock", recipe, env=env)
+    assert res.returncode == 0, res.stderr
+    res = envbuild("build", recipe, "--store", tmp_path / "store", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    origins = sorted(p.read_text() for p in (tmp_path / "store").rglob(".origin.json"))
+    assert len(origins) == 2 and all(https_index.rsplit("/", 1)[0] in o for o in origins)
