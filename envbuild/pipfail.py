@@ -25,20 +25,25 @@ _TRUST_HOW = ("give the index's CA with PIP_CERT=FILE, `cert = FILE` in pip.conf
 # (signs in pip's output, what was found, what to do), the first that matches wins:
 # certificate problems first, as pip also reports them as connection failures
 _NETWORK: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("Hostname mismatch", "IP address mismatch"), "a certificate for another name ({detail})",
+     "check the host in {setting}: the server's certificate does not name it"),
+    (("certificate has expired", "certificate is not yet valid"),
+     "a certificate out of its dates ({detail})",
+     "check this machine's clock, or ask the index's operators to renew it"),
     (("CERTIFICATE_VERIFY_FAILED", "certificate verify failed"),
      "certificate verification failed ({detail})", _TRUST_HOW + " (now trusted: {trust})"),
     (("SSLError", "[SSL:"), "a TLS failure ({detail})",
-     "check that [index] url speaks https on that port, and the network"),
+     "check that {setting} speaks https on that port, and the network"),
     (("ProxyError", "Tunnel connection failed"), "the proxy failing ({detail})",
      "check https_proxy/no_proxy and the proxy"),
     (("Name or service not known", "No address associated with hostname",
       "nodename nor servname", "[Errno -2]", "[Errno -5]"),
-     "no such host (DNS)", "check [index] url and the network"),
+     "no such host (DNS)", "check {setting} and the network"),
     (("Temporary failure in name resolution", "[Errno -3]"),
      "no answer from DNS (name resolution failed)", "check the network and its DNS"),
     (("Connection refused", "[Errno 111]"),
      "the connection refused (nothing listening at {netloc})",
-     "check [index] url (its port) and that the index is up"),
+     "check {setting} (its port) and that the index is up"),
     (("ConnectTimeoutError", "ReadTimeoutError", "timed out"),
      "no answer in time (timed out)", "check the network, or try again later"),
     (("Network is unreachable", "No route to host"),
@@ -83,8 +88,10 @@ def lock_failure(exc: ToolError, recipe: Recipe, trust: Trust) -> EnvbuildError:
     return ToolError(exc.argv, exc.returncode, useful_tail(output, 12))
 
 
-def unreachable(output: str, index_url: str, trust: Trust) -> IndexUnreachableError | None:
-    """The index could not be reached, if pip's output says so: what was found, in words."""
+def unreachable(output: str, index_url: str, trust: Trust,
+                setting: str = "[index] url") -> IndexUnreachableError | None:
+    """The index could not be reached, if pip's output says so: what was found, in words;
+    `setting` is where the user gave `index_url`."""
     for signs, what, todo in _NETWORK:
         if not any(sign in output for sign in signs):
             continue
@@ -95,7 +102,7 @@ def unreachable(output: str, index_url: str, trust: Trust) -> IndexUnreachableEr
         found = what.format(detail=_detail(output), netloc=netloc or "?")
         return IndexUnreachableError(redact(
             f"index {index_url}: expected a package index, found {found}{where}; "
-            + todo.format(trust=trust.describe())))
+            + todo.format(trust=trust.describe(), setting=setting)))
     return None
 
 

@@ -23,6 +23,7 @@ from .errors import ToolError
 from .fsutil import publish_dir, remove_tree
 from .interpreter import Interpreter, probe
 from .lock import Target, running_target
+from .pipfail import unreachable
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import PYPI_SIMPLE, Recipe
 from .store import Store, exclusive
@@ -114,5 +115,9 @@ def _make_tool_venv(tmp: Path, interp: Interpreter, progress: Progress) -> None:
                           *wanted),
                  env=hermetic_env())
     except ToolError as exc:    # name what was wanted, from where, for which Python
+        unreached = unreachable(exc.output, tools_index_url(), find_trust("install"),
+                                f"${TOOLS_INDEX_ENV}")
+        if unreached is not None:
+            raise unreached from None
         raise ToolError([f"pip install {' '.join(wanted)} (for {interp.executable}, from "
                          f"{tools_index_url()})"], exc.returncode, exc.output) from None

@@ -18,7 +18,8 @@ from conftest import envbuild, write_recipe
 from pkgindex import LocalIndex, _Dist, build_index
 
 from envbuild.errors import InputError
-from envbuild.pipfail import redact, useful_tail
+from envbuild.pipfail import conflict, redact, unreachable, useful_tail
+from envbuild.recipe import load_recipe
 from envbuild.trust import config_files, find_trust
 
 # every variable through which trust or pip config could reach the subprocess
@@ -349,3 +350,46 @@ def test_build_downloads_with_the_same_trust(tmp_path: Path, index: LocalIndex,
     assert res.returncode == 0, res.stderr
     origins = sorted(p.read_text() for p in (tmp_path / "store").rglob(".origin.json"))
     assert len(origins) == 2 and all(https_index.rsplit("/", 1)[0] in o for o in origins)
+
+
+_SSL = ("  WARNING: Retrying (Retry(total=0)) after connection broken by 'SSLError("
+        "SSLCertVerificationError(1, \"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+        "failed: {} (_ssl.c:1006)\"))': /simple/alpha/\n")
+
+
+@pytest.mark.parametrize("said,found", [
+    (_SSL.format("Hostname mismatch, certificate is not valid for 'pypi.internal'."),
+     "found a certificate for another name (Hostname mismatch, certificate is not valid for "
+     "'pypi.internal'); check the host in [index] url"),
+    (_SSL.format("certificate has expired"),
+     "found a certificate out of its dates (certificate has expired); check this machine's "
+     "clock"),
+    (_SSL.format("self-signed certificate in certificate chain"),
+     "found certificate verification failed (self-signed certificate in certificate chain); "
+     "give the index's CA with PIP_CERT=FILE"),
+    ("  WARNING: Retrying (Retry(total=0)) after connection broken by 'ConnectTimeoutError("
+     "<pip._vendor.urllib3.connection.HTTPSConnection object>, 'Connection to pypi.internal "
+     "timed out. (connect timeout=15)')': /simple/alpha/\n",
+     "found no answer in time (timed out); check the network"),
+    ("ERROR: Could not install packages due to an OSError: HTTPSConnectionPool(host='files."
+     "internal', port=443): Max retries exceeded with url: /a.whl (Caused by NewConnectionError("
+     "'<...>: Failed to establish a new connection: [Errno 111] Connection refused'))\n",
+     "found the connection refused (nothing listening at pypi.internal) at files.internal; "
+     "check [index] url (its port)"),
+])
+def test_what_pip_said_in_words(said: str, found: str) -> None:
+    error = unreachable(said, "https://user:pw@pypi.internal/simple", find_trust("install", {}))
+    assert error is not None
+    assert str(error).startswith("index https://pypi.internal/simple: expected a package "
+                                 f"index, {found}"), str(error)
+
+
+def test_a_dead_index_with_an_empty_conflict_is_not_a_conflict(tmp_path: Path,
+                                                               index: LocalIndex) -> None:
+    """pip says "Cannot install ... conflicting dependencies" with no cause listed when an
+    index could not be read at all: that is not a conflict to report."""
+    said = ("  ERROR: Cannot install alpha because these package versions have conflicting "
+            "dependencies.\n  \n  The conflict is caused by:\n  \n  To fix this you could "
+            "try to:\n")
+    recipe = load_recipe(write_recipe(tmp_path, index, deps=["alpha"]))
+    assert conflict(said, recipe) is None
