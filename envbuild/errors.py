@@ -76,6 +76,10 @@ class ToolError(EnvbuildError):
         super().__init__(f"{argv[0]} exited with {returncode}:\n{tail}")
 
 
+class IndexUnreachableError(EnvbuildError):
+    """A package index could not be reached: the network, DNS, a proxy, TLS trust."""
+
+
 class RegistryError(EnvbuildError):
     """A registry refused a push or could not be reached: auth, TLS, connection, its errors."""
 

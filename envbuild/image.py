@@ -38,6 +38,7 @@ from .manifest import parse_manifest
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe, load_recipe
 from .store import Store
+from .trust import find_trust
 from .wheelcache import WheelCache
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,8 @@ def _tool_wheels(store: Store, target: Interpreter, progress: Progress) -> Path:
         index = os.environ.get("ENVBUILD_TOOLS_INDEX_URL") or "https://pypi.org/simple"
         run_tool(pip_argv("download", "--no-deps", "--only-binary=:all:", "--progress-bar",
                           "off", "--python-version", ".".join(target.version.split(".")[:2]),
-                          "--index-url", index, "--dest", str(staging), *pins),
+                          "--index-url", index, *find_trust("download").pip_args(),
+                          "--dest", str(staging), *pins),
                  env=hermetic_env())
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, folder)

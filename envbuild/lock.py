@@ -19,8 +19,10 @@ from packaging.utils import canonicalize_name
 
 from .errors import LockError, ToolError
 from .fsutil import atomic_write
+from .pipfail import lock_failure
 from .proc import hermetic_env, run_tool
 from .recipe import Recipe
+from .trust import find_trust
 
 LOCK_SCHEMA = "envbuild.lock/1"
 _HEADER_KEYS = ("recipe", "resolver", "python", "index-url", "find-links")
@@ -53,13 +55,14 @@ class PipToolsResolver:
 
     def resolve(self, recipe: Recipe, previous: str | None, upgrade: bool,
                 upgrade_packages: tuple[str, ...]) -> str:
+        trust = find_trust("install")
         with tempfile.TemporaryDirectory(prefix="envbuild-lock-") as tmp:
             work = Path(tmp)
             (work / "recipe.in").write_text("\n".join(recipe.dependencies) + "\n")
             if previous is not None and not upgrade:
                 # pip-compile keeps the pins it finds in its output file.
                 (work / "recipe.txt").write_text(previous)
-            argv = [self.python, "-m", "piptools", "compile", "--quiet", "--no-config",
+            argv = [self.python, "-m", "piptools", "compile", "--verbose", "--no-config",
                     "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
                     "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
                     "--index-url", recipe.index_url, "--output-file", "recipe.txt"]
@@ -69,24 +72,12 @@ class PipToolsResolver:
                 argv.append("--upgrade")
             for package in upgrade_packages:
                 argv += ["--upgrade-package", package]
-            argv.append("recipe.in")
+            argv += [*trust.pip_args(), "recipe.in"]     # trust only: never in the lock
             try:
                 run_tool(argv, env=hermetic_env(), cwd=work)
             except ToolError as exc:
-                if any(sign in exc.output for sign in _UNSATISFIABLE):
-                    # the index answered: what the recipe asks for does not exist there
-                    tail = "\n".join(exc.output.strip().splitlines()[-8:])
-                    raise LockError(
-                        f"{recipe.path}: dependencies: cannot be satisfied from "
-                        f"{redact_url(recipe.index_url)}; change the requirement or the "
-                        f"[index] table:\n{tail}") from None
-                raise
+                raise lock_failure(exc, recipe, trust) from None
             return (work / "recipe.txt").read_text()
-
-
-# pip's words for "the index has nothing that satisfies this": bad input, not a failure
-_UNSATISFIABLE = ("ResolutionImpossible", "Could not find a version that satisfies",
-                  "No matching distribution found")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from .errors import ToolError
 
 log = logging.getLogger(__name__)
 
-# Kept so TLS through an intercepting proxy still works with pip's own config removed.
+# Proxies and OpenSSL's own defaults are kept. REQUESTS_CA_BUNDLE is not: requests lets it
+# override pip's `--cert`, through which envbuild passes the one trust it chose (trust.py).
 _KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
-         "REQUESTS_CA_BUNDLE", "http_proxy", "https_proxy", "no_proxy",
+         "http_proxy", "https_proxy", "no_proxy",
          "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SOURCE_DATE_EPOCH")
 
 

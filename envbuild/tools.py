@@ -23,9 +23,11 @@ from .errors import ToolError
 from .fsutil import publish_dir, remove_tree
 from .interpreter import Interpreter, probe
 from .lock import Target, running_target
+from .pipfail import unreachable
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import PYPI_SIMPLE, Recipe
 from .store import Store, exclusive
+from .trust import find_trust
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -109,8 +111,13 @@ def _make_tool_venv(tmp: Path, interp: Interpreter, progress: Progress) -> None:
     try:
         run_tool(pip_argv("--python", str(tmp / "bin" / "python"), "install", "--index-url",
                           tools_index_url(), "--progress-bar", "off",
-                          "--no-warn-script-location", *wanted),
+                          "--no-warn-script-location", *find_trust("install").pip_args(),
+                          *wanted),
                  env=hermetic_env())
     except ToolError as exc:    # name what was wanted, from where, for which Python
+        unreached = unreachable(exc.output, tools_index_url(), find_trust("install"),
+                                f"${TOOLS_INDEX_ENV}")
+        if unreached is not None:
+            raise unreached from None
         raise ToolError([f"pip install {' '.join(wanted)} (for {interp.executable}, from "
                          f"{tools_index_url()})"], exc.returncode, exc.output) from None

@@ -22,9 +22,11 @@ from .fsutil import publish_dir, remove_tree
 from .hashing import file_digest
 from .interpreter import Interpreter
 from .lock import LockEntry
+from .pipfail import unreachable
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe
 from .store import Store
+from .trust import find_trust
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -123,8 +125,9 @@ class WheelCache:
         except InvalidWheelFilename:
             return False
 
-    def _index_args(self) -> list[str]:
-        args = ["--index-url", self.recipe.index_url]
+    def _index_args(self, command: str) -> list[str]:
+        """Where `pip command` finds artifacts, and which CAs it trusts there."""
+        args = ["--index-url", self.recipe.index_url, *find_trust(command).pip_args()]
         for link in self.recipe.find_links:
             args += ["--find-links", str(link)]
         return args
@@ -149,7 +152,7 @@ class WheelCache:
                 for e in entries))
             argv = self._pip("download", "--no-deps", "--require-hashes", "--progress-bar",
                              "off", "--dest", str(tmp / "files"), "-r", str(reqs),
-                             *self._index_args())
+                             *self._index_args("download"))
             try:
                 run_tool(argv, env=hermetic_env(), on_line=self._say_download)
             except ToolError as exc:
@@ -159,7 +162,7 @@ class WheelCache:
                 # one more pass (what did arrive is kept in --dest and not fetched again)
                 self.progress("the index connection failed; trying the download once more")
                 time.sleep(2)
-                run_tool(argv, env=hermetic_env(), on_line=self._say_download)
+                self._download_again(argv)
             by_hash = {h: e for e in entries for h in e.hashes}
             origins = self._origins(reqs, tmp, entries)
             got: dict[str, tuple[Path, str]] = {}
@@ -180,6 +183,13 @@ class WheelCache:
         if found and not found.group(1).endswith(".metadata"):
             self.progress(f"downloading {found.group(1).rsplit('/', 1)[-1]} "
                           f"({found.group(2)})")
+
+    def _download_again(self, argv: list[str]) -> None:
+        try:
+            run_tool(argv, env=hermetic_env(), on_line=self._say_download)
+        except ToolError as exc:
+            trust = find_trust("download")
+            raise (unreachable(exc.output, self.recipe.index_url, trust) or exc) from None
 
     def _origins(self, reqs: Path, tmp: Path, entries: list[LockEntry]) -> dict[str, str]:
         """{sha256: URL} of what pip just downloaded, from pip's installation report (a
@@ -203,7 +213,7 @@ class WheelCache:
             run_tool(self._pip("install", "--dry-run", "--ignore-installed", "--no-deps",
                                "--require-hashes", "--quiet", "--progress-bar", "off",
                                "--report", str(report), "-r", str(reqs), *extra,
-                               *self._index_args()), env=hermetic_env())
+                               *self._index_args("install")), env=hermetic_env())
             items = json.loads(report.read_text(encoding="utf-8"))["install"]
             return {f"sha256:{item['download_info']['archive_info']['hashes']['sha256']}":
                     redact_url(item["download_info"]["url"]) for item in items}
@@ -246,11 +256,12 @@ class WheelCache:
         self.progress(f"building a wheel from {sdist.name}")
         staging = Path(tempfile.mkdtemp(prefix="wheel-", dir=self.store.tmp))
         try:
-            index = ["--no-index"] if self.offline else self._index_args()
+            index = ["--no-index"] if self.offline else self._index_args("wheel")
+            trust = {} if self.offline else find_trust("wheel").pip_env()
             try:
                 run_tool(self._pip("wheel", "--no-deps", "--progress-bar", "off",
                                    "--wheel-dir", str(staging), str(sdist), *index),
-                         env=hermetic_env({"SOURCE_DATE_EPOCH": "315532800"}))
+                         env=hermetic_env({"SOURCE_DATE_EPOCH": "315532800", **trust}))
             except ToolError as exc:
                 tail = "\n".join(exc.output.strip().splitlines()[-8:])
                 raise BuildError(f"{sdist.name}: expected to build a wheel of it for Python "

@@ -18,7 +18,8 @@ DOCUMENTED = {
     "EnvbuildError": (1, 125), "InputError": (2, 125), "UsageError": (2, 125),
     "RecipeError": (2, 125), "LockError": (2, 125), "CacheIntegrityError": (2, 125),
     "NotAnEnvError": (2, 125), "ManifestError": (2, 125), "BuildError": (1, 125),
-    "ToolError": (1, 125), "RegistryError": (1, 125), "Refused": (1, 125),
+    "ToolError": (1, 125), "IndexUnreachableError": (1, 125), "RegistryError": (1, 125),
+    "Refused": (1, 125),
     "CommandNotExecutable": (1, 126), "CommandNotFound": (1, 127),
 }
 
