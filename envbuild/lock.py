@@ -17,10 +17,10 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import LockError, ToolError
+from .errors import LockError, ToolError, UsageError
 from .fsutil import atomic_write
 from .proc import hermetic_env, run_tool
-from .recipe import Recipe
+from .recipe import RESOLVERS, Recipe
 
 LOCK_SCHEMA = "envbuild.lock/1"
 _HEADER_KEYS = ("recipe", "resolver", "python", "index-url", "find-links")
@@ -82,6 +82,27 @@ class PipToolsResolver:
                         f"[index] table:\n{tail}") from None
                 raise
             return (work / "recipe.txt").read_text()
+
+
+def resolver_for(name: str, target: Target, store_dir: Path | None = None) -> Resolver:
+    """The resolver `name` (`--resolver`, else the recipe's [lock] resolver) for `target`;
+    uv's cache is in the store."""
+    if name == "uv":
+        from .resolve_uv import UvResolver
+        from .store import Store
+
+        return UvResolver(target.runner, Path(Store.locate(store_dir).layout.uv_cache))
+    return PipToolsResolver(target.runner)
+
+
+def resolver_name(given: str | None, recipe: Recipe) -> str:
+    """`--resolver` if given (checked), else the recipe's [lock] resolver."""
+    if given is None:
+        return recipe.resolver
+    if given not in RESOLVERS:
+        raise UsageError(f"--resolver: expected one of {', '.join(RESOLVERS)}, found {given!r}",
+                         "usage: envbuild lock RECIPE [--resolver pip-tools|uv]")
+    return given
 
 
 # pip's words for "the index has nothing that satisfies this": bad input, not a failure
