@@ -89,9 +89,8 @@ def resolver_for(name: str, target: Target, store_dir: Path | None = None) -> Re
     uv's cache is in the store."""
     if name == "uv":
         from .resolve_uv import UvResolver
-        from .store import Store
 
-        return UvResolver(target.runner, Path(Store.locate(store_dir).layout.uv_cache))
+        return UvResolver(target.runner, store_dir)
     return PipToolsResolver(target.runner)
 
 

@@ -13,10 +13,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from .errors import InputError, LockError, ToolError
+from .interpreter import probe
 from .lock import redact_url
 from .proc import hermetic_env, run_tool
 from .recipe import Recipe
+from .store import Store
 
 MISSING = ("--resolver uv: expected the uv package, found none; "
            "pip install 'envbuild[uv]'")
@@ -47,14 +52,15 @@ def uv_version() -> str:
 
 class UvResolver:
     """`uv pip compile --generate-hashes` for the interpreter `python`, with its cache in
-    `cache_dir` (the store's, so a second lock reads what the first fetched)."""
+    the store (`--store`, else the default one), so a second lock reads what the first
+    fetched."""
 
     name = "uv"
 
-    def __init__(self, python: str, cache_dir: Path) -> None:
-        self.uv = find_uv()
+    def __init__(self, python: str, store_dir: Path | None = None) -> None:
+        self.uv = find_uv()     # before the store is made: without uv, nothing is written
         self.python = python
-        self.cache_dir = cache_dir
+        self.cache_dir = Path(Store.locate(store_dir).layout.uv_cache)
 
     def version(self) -> str:
         return uv_version()
@@ -79,7 +85,8 @@ class UvResolver:
                         f"{redact_url(recipe.index_url)}; change the requirement or the "
                         f"[index] table:\n{tail}") from None
                 raise
-            return (work / "recipe.txt").read_text()
+            return with_markers((work / "recipe.txt").read_text(), recipe,
+                                probe(self.python).markers)
 
     def argv(self, recipe: Recipe, upgrade: bool,
              upgrade_packages: tuple[str, ...]) -> list[str]:
@@ -99,6 +106,29 @@ class UvResolver:
             argv += ["--upgrade-package", package]
         argv.append("recipe.in")
         return argv
+
+
+def with_markers(text: str, recipe: Recipe, environment: dict[str, str]) -> str:
+    """uv's output with each recipe requirement's marker on its pin, as pip-compile writes
+    it: `name==1.0 ; marker`, for the requirements whose marker holds for the target (the
+    last such one of a name wins); uv strips them all."""
+    markers: dict[str, str] = {}
+    for dependency in recipe.dependencies:
+        req = Requirement(dependency)
+        if req.marker is not None and req.marker.evaluate(dict(environment, extra="")):
+            markers[canonicalize_name(req.name)] = str(req.marker)
+    if not markers:
+        return text
+    lines = text.splitlines(keepends=True)
+    for number, line in enumerate(lines):
+        if line[:1] in ("", " ", "#", "\n", "-"):
+            continue    # hashes, annotations, options: only a pin starts a line
+        end = "\n" if line.endswith("\n") else ""
+        pin, sep, rest = line[:len(line) - len(end)].partition(" \\")
+        marker = markers.get(canonicalize_name(Requirement(pin).name))
+        if marker is not None:
+            lines[number] = f"{pin} ; {marker}{sep}{rest}{end}"
+    return "".join(lines)
 
 
 def uv_env() -> dict[str, str]:
