@@ -85,8 +85,10 @@ class UvResolver:
                         f"{redact_url(recipe.index_url)}; change the requirement or the "
                         f"[index] table:\n{tail}") from None
                 raise
-            return with_markers((work / "recipe.txt").read_text(), recipe,
-                                probe(self.python).markers)
+            text = (work / "recipe.txt").read_text()
+        if not any(Requirement(d).marker for d in recipe.dependencies):
+            return text
+        return with_markers(text, recipe, probe(self.python).markers)
 
     def argv(self, recipe: Recipe, upgrade: bool,
              upgrade_packages: tuple[str, ...]) -> list[str]:
@@ -117,8 +119,6 @@ def with_markers(text: str, recipe: Recipe, environment: dict[str, str]) -> str:
         req = Requirement(dependency)
         if req.marker is not None and req.marker.evaluate(dict(environment, extra="")):
             markers[canonicalize_name(req.name)] = str(req.marker)
-    if not markers:
-        return text
     lines = text.splitlines(keepends=True)
     for number, line in enumerate(lines):
         if line[:1] in ("", " ", "#", "\n", "-"):
