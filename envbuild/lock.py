@@ -84,26 +84,6 @@ class PipToolsResolver:
             return (work / "recipe.txt").read_text()
 
 
-def resolver_for(name: str, target: Target, store_dir: Path | None = None) -> Resolver:
-    """The resolver `name` (`--resolver`, else the recipe's [lock] resolver) for `target`;
-    uv's cache is in the store."""
-    if name == "uv":
-        from .resolve_uv import UvResolver
-
-        return UvResolver(target.runner, store_dir)
-    return PipToolsResolver(target.runner)
-
-
-def resolver_name(given: str | None, recipe: Recipe) -> str:
-    """`--resolver` if given (checked), else the recipe's [lock] resolver."""
-    if given is None:
-        return recipe.resolver
-    if given not in RESOLVERS:
-        raise UsageError(f"--resolver: expected one of {', '.join(RESOLVERS)}, found {given!r}",
-                         "usage: envbuild lock RECIPE [--resolver pip-tools|uv]")
-    return given
-
-
 # pip's words for "the index has nothing that satisfies this": bad input, not a failure
 _UNSATISFIABLE = ("ResolutionImpossible", "Could not find a version that satisfies",
                   "No matching distribution found")
@@ -259,3 +239,23 @@ def redact_url(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def resolver_for(name: str, target: Target, store_dir: Path | None = None) -> Resolver:
+    """The resolver `name` (`--resolver`, else the recipe's [lock] resolver) for `target`;
+    uv's cache is in the store."""
+    if name == "uv":
+        from .resolve_uv import UvResolver
+
+        return UvResolver(target.runner, store_dir)
+    return PipToolsResolver(target.runner)
+
+
+def resolver_name(given: str | None, recipe: Recipe) -> str:
+    """`--resolver` if given (checked), else the recipe's [lock] resolver."""
+    if given is None:
+        return recipe.resolver
+    if given not in RESOLVERS:
+        raise UsageError(f"--resolver: expected one of {', '.join(RESOLVERS)}, found {given!r}",
+                         "usage: envbuild lock RECIPE [--resolver pip-tools|uv]")
+    return given
