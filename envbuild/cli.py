@@ -80,19 +80,24 @@ def lock(
     python: Annotated[Optional[str], typer.Option(  # noqa: UP007
         metavar="PYTHON", help=_PYTHON_HELP.format(what="lock for"))] = None,
     store: Annotated[Optional[Path], typer.Option(  # noqa: UP007
-        metavar="DIR", help="Store whose tools/ holds pip-tools for another --python (default: "
-             "$ENVBUILD_STORE, else the user cache dir).")] = None,
+        metavar="DIR", help="Store whose tools/ holds pip-tools for another --python, and "
+             "uv-cache/ uv's cache (default: $ENVBUILD_STORE, else the user cache dir).")] = None,
+    resolver: Annotated[Optional[str], typer.Option(  # noqa: UP007
+        metavar="pip-tools|uv", help="Resolve with pip-tools or uv (default: the recipe's "
+        "[lock] resolver, else pip-tools); the same lock format either way.")] = None,
 ) -> None:
-    """Resolve RECIPE with pip-tools into <stem>.lock beside it, every artifact hashed.
+    """Resolve RECIPE with pip-tools (or uv) into <stem>.lock beside it, every artifact
+    hashed.
 
-    Ambient pip configuration (PIP_* variables, pip.conf, constraint files) is ignored: the
-    recipe and its [index] table are the only inputs. For another --python, pip-compile
-    runs in that interpreter (a venv of it with pip-tools, installed once from PyPI or
-    $ENVBUILD_TOOLS_INDEX_URL into the store's tools/). Prints the lock's path.
+    Ambient pip and uv configuration (PIP_*/UV_* variables, pip.conf, uv.toml, constraint
+    files) is ignored: the recipe and its [index] table are the only inputs. For another
+    --python, pip-compile runs in that interpreter (a venv of it with pip-tools, installed
+    once from PyPI or $ENVBUILD_TOOLS_INDEX_URL into the store's tools/); uv resolves for
+    it directly. Prints the lock's path.
 
-    Example: envbuild lock recipes/webclient.toml --python 3.12
+    Example: envbuild lock recipes/webclient.toml --python 3.12 --resolver uv
     """
-    from .lock import lock_recipe, redact_url
+    from .lock import lock_recipe, redact_url, resolver_for, resolver_name
     from .recipe import load_recipe
     from .tools import lock_target
 
@@ -101,11 +106,13 @@ def lock(
         if check:
             _check_lock(loaded, python)
             return
+        name = resolver_name(resolver, loaded)
         with progress_line() as progress:
-            target = lock_target(loaded, python, store, progress)
+            target = lock_target(loaded, python, store, progress, name)
+            chosen = resolver_for(name, target, store)
             progress(f"resolving {len(loaded.dependencies)} requirements for Python "
-                     f"{target.short} against {redact_url(loaded.index_url)}")
-            path = lock_recipe(loaded, upgrade=upgrade, target=target,
+                     f"{target.short} against {redact_url(loaded.index_url)} with {name}")
+            path = lock_recipe(loaded, upgrade=upgrade, target=target, resolver=chosen,
                                upgrade_packages=tuple(upgrade_package or ()))
     typer.echo(str(path))
 

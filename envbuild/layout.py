@@ -81,6 +81,7 @@ class StoreLayout:
         (self.wheels, self.built, self.pycs, self.envs, self.locks, self.runs, self.tmp,
          self.used) = (os.path.join(root, sub) for sub in self.SUBDIRS)
         self.tools = os.path.join(root, "tools")     # made when a tool venv is first built
+        self.uv_cache = os.path.join(root, "uv-cache")    # `lock --resolver uv`'s, made by uv
 
     def wheel_dir(self, sha256: str) -> str:
         """Every artifact under its own hash: `wheels/<hex>/FILE`."""

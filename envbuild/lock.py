@@ -17,11 +17,11 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import LockError, ToolError
+from .errors import LockError, ToolError, UsageError
 from .fsutil import atomic_write
 from .pipfail import lock_failure
 from .proc import hermetic_env, run_tool
-from .recipe import Recipe
+from .recipe import RESOLVERS, Recipe
 from .trust import find_trust
 
 LOCK_SCHEMA = "envbuild.lock/1"
@@ -230,3 +230,23 @@ def redact_url(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def resolver_for(name: str, target: Target, store_dir: Path | None = None) -> Resolver:
+    """The resolver `name` (`--resolver`, else the recipe's [lock] resolver) for `target`;
+    uv's cache is in the store."""
+    if name == "uv":
+        from .resolve_uv import UvResolver
+
+        return UvResolver(target.runner, store_dir)
+    return PipToolsResolver(target.runner)
+
+
+def resolver_name(given: str | None, recipe: Recipe) -> str:
+    """`--resolver` if given (checked), else the recipe's [lock] resolver."""
+    if given is None:
+        return recipe.resolver
+    if given not in RESOLVERS:
+        raise UsageError(f"--resolver: expected one of {', '.join(RESOLVERS)}, found {given!r}",
+                         "usage: envbuild lock RECIPE [--resolver pip-tools|uv]")
+    return given

@@ -31,13 +31,15 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _TABLES: dict[str, set[str]] = {
     "": {"name", "requires-python", "dependencies", "index", "environment", "launch", "image",
-         "host"},
+         "host", "lock"},
     "index": {"url", "find-links"},
     "environment": {"set", "require", "unset"},
     "launch": {"hook", "root", "record-environment"},
     "image": {"base", "user", "entrypoint"},
     "host": {"optional"},
+    "lock": {"resolver"},
 }
+RESOLVERS = ("pip-tools", "uv")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Recipe:
     find_links_as_written: tuple[str, ...] = ()   # what the lock header records
     image: dict[str, Any] = field(default_factory=dict)
     bytes_digest: str = ""     # of the file's bytes: what locks before envbuild.build/2 record
+    resolver: str = "pip-tools"   # [lock] resolver: what `envbuild lock` resolves with
 
     @property
     def lock_path(self) -> Path:
@@ -188,6 +191,7 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
     for key in ("base", "user"):
         if key in image and not isinstance(image[key], str):
             issues.append(f"{where('image', key)}: expected a string, found {image[key]!r}")
+    resolver = _resolver(data.get("lock", {}), where, issues)
     if issues:
         return None
     return Recipe(path=path.resolve(), digest=meaning_digest(data),
@@ -197,7 +201,7 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
                   find_links=find_links, find_links_as_written=tuple(links),
                   environment=contract, launch_hook=bool(hook),
                   launch_root=str(root), launch_record=str(record), image=dict(image),
-                  host_optional=tuple(sorted(set(optional))))
+                  host_optional=tuple(sorted(set(optional))), resolver=str(resolver))
 
 
 def meaning_digest(data: dict[str, Any]) -> str:
@@ -215,6 +219,16 @@ def _toml_scalar(value: object) -> str:
     if iso is None:
         raise TypeError(f"cannot encode {type(value).__name__}")
     return f"{type(value).__name__}:{iso()}"
+
+
+def _resolver(lock: Any, where: Any, issues: list[str]) -> str:
+    """[lock] resolver: which resolver `envbuild lock` uses unless --resolver says."""
+    resolver = lock.get("resolver", RESOLVERS[0]) if isinstance(lock, dict) else RESOLVERS[0]
+    if resolver not in RESOLVERS:
+        issues.append(f"{where('lock', 'resolver')}: expected \"pip-tools\" or \"uv\", "
+                      f"found {resolver!r}")
+        return RESOLVERS[0]
+    return str(resolver)
 
 
 def _contract(env: Any, where: Any, issues: list[str]) -> EnvContract:

@@ -54,17 +54,18 @@ def tool_name(interp: Interpreter) -> str:
 
 
 def lock_target(recipe: Recipe, python: str | None, store_dir: Path | None = None,
-                progress: Progress = lambda _msg: None) -> Target:
+                progress: Progress = lambda _msg: None, resolver: str = "pip-tools") -> Target:
     """The Python `lock --python` names (see `interpreter.find_python`), checked against
     the recipe's requires-python before anything is installed, with the interpreter that
-    runs pip-compile for it."""
+    runs pip-compile for it (for uv, which needs no tool venv: the one it resolves for)."""
     if python is None:
         return running_target()
     interp = probe(python)
     recipe.check_python(interp.version, f"{interp.executable} (Python {interp.version})",
                         "pass --python naming a matching Python")
-    return Target(interp.version, interp.implementation,
-                  pip_tools_python(interp, store_dir, progress))
+    runner = (interp.executable if resolver == "uv"
+              else pip_tools_python(interp, store_dir, progress))
+    return Target(interp.version, interp.implementation, runner)
 
 
 def pip_tools_python(interp: Interpreter, store_dir: Path | None = None,

@@ -213,6 +213,27 @@ def test_trust_from_each_source_locks_the_same_bytes(tmp_path: Path, index: Loca
         assert leaked not in first
 
 
+def test_uv_takes_the_same_trust(tmp_path: Path, index: LocalIndex, https_index: str,
+                                 certs: Certs) -> None:
+    """`--resolver uv` trusts what pip would be given (uv reads it as SSL_CERT_FILE): the
+    same lock bytes as pip-tools' apart from the resolver line; without trust, exit 1."""
+    recipe = recipe_at(tmp_path / "none", index, https_index)
+    res = envbuild("lock", recipe, "--resolver", "uv", env=user_env(tmp_path / "none"))
+    assert res.returncode == 1, res.stderr
+    assert not recipe.with_suffix(".lock").exists()
+    locks = []
+    for resolver in ("pip-tools", "uv"):
+        work = tmp_path / resolver
+        recipe = recipe_at(work, index, https_index)
+        res = envbuild("lock", recipe, "--resolver", resolver,
+                       env=user_env(work, PIP_CERT=str(certs.ca),
+                                    SSL_CERT_FILE=str(certs.other_ca)))
+        assert res.returncode == 0, f"{resolver}: {res.stderr}"
+        locks.append([line for line in recipe.with_suffix(".lock").read_text().splitlines()
+                      if not line.startswith("# resolver:")])
+    assert locks[0] == locks[1]
+
+
 def test_pip_conf_wins_over_requests_ca_bundle(tmp_path: Path, index: LocalIndex,
                                                https_index: str, certs: Certs) -> None:
     """The failure names the trust that was used, so a wrong one is found."""

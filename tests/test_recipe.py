@@ -76,6 +76,11 @@ BAD_CASES = [
      ["environment.set", "line 9"]),
     ("bad-index-url", 6, 'url = "ftp://example.invalid/simple"',
      ["index.url", "line 6", "ftp://"]),
+    ("bad-lock-resolver", 13, 'root = "warn"\n\n[lock]\nresolver = "poetry"',
+     ["lock.resolver", "line 16", "poetry", '"pip-tools" or "uv"']),
+    ("unknown-key-in-lock", 13, 'root = "warn"\n[lock]\nresolve = "uv"',
+     ["lock.resolve", "line 15", "unknown key"]),
+    ("lock-not-a-table", 4, 'lock = "uv"', ["lock", "line 4", "expected a table"]),
 ]
 
 
@@ -222,6 +227,9 @@ root = "refuse"
 base = "localhost/python:3.11"
 user = "app"
 entrypoint = ["python", "-m", "analysis"]
+
+[lock]
+resolver = "uv"
 """
 
 
@@ -253,6 +261,7 @@ def test_valid_recipe_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert r.launch_root == "refuse"
     assert r.image == {"base": "localhost/python:3.11", "user": "app",
                        "entrypoint": ["python", "-m", "analysis"]}
+    assert r.resolver == "uv"
 
 
 def test_minimal_recipe_defaults(tmp_path: Path) -> None:
@@ -267,6 +276,7 @@ def test_minimal_recipe_defaults(tmp_path: Path) -> None:
     assert set(r.environment.unset) == ALWAYS
     assert r.launch_hook is False
     assert r.launch_root == "warn"
+    assert r.resolver == "pip-tools"
 
 
 def test_index_url_defaults_to_envbuild_index_url(tmp_path: Path,
