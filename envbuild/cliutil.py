@@ -35,6 +35,8 @@ def handle_errors() -> Iterator[None]:
         if Settings.debug:
             traceback.print_exc()
         raise typer.Exit(report(exc, "envbuild")) from None
+    except (typer.Exit, typer.Abort, typer.BadParameter):   # the command's own exits
+        raise
     except KeyboardInterrupt:
         typer.echo("envbuild: interrupted", err=True)
         raise typer.Exit(130) from None
