@@ -1,6 +1,6 @@
 """`envbuild` entry point. `run` and `verify` are dispatched before typer is imported:
 they sit on every launch and in CI loops, and must cost milliseconds, not the ~100 ms
-typer and rich take to import."""
+typer and rich take to import; so is a plain `build` (a cache hit in a CI loop)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,14 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         raise SystemExit(code)
+    if args[:1] == ["build"]:   # a CI loop's cache hit: no typer when it is not needed
+        from .fastbuild import build_main
+
+        built = build_main(args[1:])
+        if built is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            raise SystemExit(built)
     from .cli import app
 
     app()

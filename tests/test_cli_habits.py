@@ -82,3 +82,26 @@ def test_errors_are_one_line_and_debug_shows_where(tmp_path: Path, built: Built)
         assert ("Traceback" in proc.stderr) == traceback, proc.stderr
         assert "envbuild: error: /gone/envbuild-manifest.json: No such file or directory; " \
                "was it removed" in proc.stderr
+
+
+def test_build_without_typer_says_what_typer_says(built: Built, tmp_path: Path) -> None:
+    """A plain `envbuild build` (not at a terminal) is parsed without typer; `--debug` before
+    it goes through typer. Both print the same, succeed or fail alike."""
+    cases = [[str(built.recipe), "--store", str(built.store)],
+             [str(built.recipe), f"--store={built.store}", "--json", "--verify", "full"],
+             [str(tmp_path / "absent.toml"), "--store", str(built.store)],
+             [str(built.recipe), "--store", str(tmp_path / "file" / "store")]]
+    (tmp_path / "file").write_text("")
+    for args in cases:
+        fast, typed = envbuild("build", *args), envbuild("--debug", "build", *args)
+        assert fast.returncode == typed.returncode, (args, fast.stderr, typed.stderr)
+        assert fast.stdout == typed.stdout, args
+        if typed.returncode == 0:
+            assert fast.stderr == typed.stderr, args
+        else:   # --debug adds the traceback before the same last lines
+            assert typed.stderr.endswith(fast.stderr), (fast.stderr, typed.stderr)
+    from envbuild.fastbuild import parse_build
+
+    for odd in (["-h"], [str(built.recipe), "--stor", "x"], [str(built.recipe), "--store"],
+                [], ["a.toml", "b.toml"], [str(built.recipe), "--store="]):
+        assert parse_build(odd) is None, odd      # typer explains these
