@@ -127,9 +127,9 @@ def walk(env: str, errors: list[tuple[str, str]] | None = None,
     with `start`, only those under that relative dir. With `errors`, a directory that
     cannot be read is appended as (relpath, why) instead of raising.
 
-    Each directory is opened relative to the env's and listed by its descriptor, so each
-    lstat resolves one name, not the whole path from `/` (about a third of the walk's time
-    on a deep tree)."""
+    Each directory is opened relative to the env's (O_NOFOLLOW: a directory swapped for a
+    symlink during the walk is not followed) and listed by its descriptor, so each lstat
+    resolves one name, not the whole path from `/`."""
     out: dict[str, os.stat_result] = {}
     root = os.open(env, _DIR_FLAGS)
     stack = [start]
