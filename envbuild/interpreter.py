@@ -164,8 +164,9 @@ _VERSION = re.compile(r"3\.[0-9]+")
 
 def find_python(spec: str | None) -> str:
     """The interpreter `--python` names, for `lock` and `build` alike: a path; a version
-    such as `3.12` (`python3.12` on PATH, then `$PYENV_ROOT/versions/3.12.*/bin/python3.12`,
-    highest patch first; the first that answers as that version); or a command on PATH.
+    such as `3.12` or `python3.12` (`python3.12` on PATH, then
+    `$PYENV_ROOT/versions/3.12.*/bin/python3.12`, highest patch first; the first that
+    answers as that version); or another command on PATH.
     None: the one running envbuild."""
     if not spec:
         return sys.executable
@@ -177,6 +178,8 @@ def find_python(spec: str | None) -> str:
         return spec
     if _VERSION.fullmatch(spec):
         return _python_of_version(spec)
+    if spec.startswith("python") and _VERSION.fullmatch(spec[6:]):
+        return _python_of_version(spec[6:])   # `python3.12`: as `3.12`, pyenv's installs too
     found = shutil.which(spec)
     if found is None:
         raise InputError(f"--python: expected a path, a version such as 3.12 or a command "

@@ -59,6 +59,8 @@ def test_a_version_skips_what_does_not_answer_as_that_version(
     monkeypatch.setenv("PATH", os.pathsep.join([str(shims), str(other), "/usr/bin", "/bin"]))
     monkeypatch.setenv("PYENV_ROOT", str(root))
     assert find_python("3.12") == str(root / "versions" / "3.12.10" / "bin" / "python3.12")
+    # the command's name that says its version is read the same way, not as PATH's first
+    assert find_python("python3.12") == find_python("3.12")
 
     monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "none"))
     with pytest.raises(InputError) as err:
