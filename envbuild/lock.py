@@ -39,6 +39,20 @@ class Resolver(Protocol):
                 upgrade_packages: tuple[str, ...]) -> str: ...
 
 
+def resolver_args(recipe: Recipe, upgrade: bool, upgrade_packages: tuple[str, ...]
+                  ) -> list[str]:
+    """What pip-compile and uv pip compile take alike: the recipe's find-links and what to
+    upgrade."""
+    argv: list[str] = []
+    for link in recipe.find_links:
+        argv += ["--find-links", str(link)]
+    if upgrade:
+        argv.append("--upgrade")
+    for package in upgrade_packages:
+        argv += ["--upgrade-package", package]
+    return argv
+
+
 class PipToolsResolver:
     """pip-compile, run hermetically: the recipe and its [index] are the only inputs."""
 
@@ -66,13 +80,8 @@ class PipToolsResolver:
                     "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
                     "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
                     "--index-url", recipe.index_url, "--output-file", "recipe.txt"]
-            for link in recipe.find_links:
-                argv += ["--find-links", str(link)]
-            if upgrade:
-                argv.append("--upgrade")
-            for package in upgrade_packages:
-                argv += ["--upgrade-package", package]
-            argv += [*trust.pip_args(), "recipe.in"]     # trust only: never in the lock
+            argv += [*resolver_args(recipe, upgrade, upgrade_packages), *trust.pip_args(),
+                     "recipe.in"]     # trust only: never in the lock
             try:
                 run_tool(argv, env=hermetic_env(), cwd=work)
             except ToolError as exc:

@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 
 from .errors import InputError, LockError, ToolError
 from .interpreter import probe
-from .lock import redact_url
+from .lock import redact_url, resolver_args
 from .pipfail import unreachable
 from .proc import hermetic_env, run_tool
 from .recipe import Recipe
@@ -110,14 +110,7 @@ class UvResolver:
                 "--index-url", recipe.index_url, "--index-strategy", "first-index",
                 "--keyring-provider", "disabled", "--resolution", "highest",
                 "--output-file", "recipe.txt"]
-        for link in recipe.find_links:
-            argv += ["--find-links", str(link)]
-        if upgrade:
-            argv.append("--upgrade")
-        for package in upgrade_packages:
-            argv += ["--upgrade-package", package]
-        argv.append("recipe.in")
-        return argv
+        return [*argv, *resolver_args(recipe, upgrade, upgrade_packages), "recipe.in"]
 
 
 def with_markers(text: str, recipe: Recipe, environment: dict[str, str]) -> str:
