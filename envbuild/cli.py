@@ -168,12 +168,9 @@ def build(
     with handle_errors(), progress_line() as progress:
         result = build_or_reuse(recipe, store=store, python=python, offline=offline,
                                 force=force, level=verify_level, progress=progress)
-    if as_json:
-        typer.echo(json.dumps(result.to_json(), sort_keys=True))
-    else:
-        note(f"{'reused' if result.cached else 'built'} {result.path} "
-             f"({result.manifest_digest})")
-        typer.echo(str(result.path))
+    from .fastbuild import show_result
+
+    show_result(result, as_json, note)
 
 
 @app.command(cls=Command)

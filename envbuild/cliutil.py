@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand
 
-from .errors import EnvbuildError, report
+from .errors import DEBUG_HINT, EnvbuildError, report
 
 
 class Settings:
@@ -45,8 +45,7 @@ def handle_errors() -> Iterator[None]:
             traceback.print_exc()
         code = report(exc, "envbuild")
         if not Settings.debug:
-            typer.echo("envbuild: run `envbuild --debug ...` to see where it happened",
-                       err=True)
+            typer.echo(f"envbuild: {DEBUG_HINT}", err=True)   # an error: even with -q
         raise typer.Exit(code) from None
 
 

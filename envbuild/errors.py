@@ -13,6 +13,8 @@ import errno
 import sys
 
 REFUSED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
+# after a failure that is not envbuild's own error, where no traceback was shown
+DEBUG_HINT = "run `envbuild --debug ...` to see where it happened"
 
 
 class EnvbuildError(Exception):

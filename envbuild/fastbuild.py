@@ -7,6 +7,11 @@ which parses the same options (`cli.build`)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .build import BuildResult
 
 _FLAGS = {"--offline": "offline", "--force": "force", "--json": "json"}
 _VALUES = {"--store": "store", "--python": "python", "--verify": "verify"}
@@ -44,11 +49,10 @@ def build_main(args: list[str]) -> int | None:
     opts = parse_build(args)
     if opts is None or sys.stderr.isatty():
         return None
-    import json
     import logging
     from pathlib import Path
 
-    from .errors import EnvbuildError, report
+    from .errors import DEBUG_HINT, EnvbuildError, report
     from .reuse import build_or_reuse
 
     logging.basicConfig(level=logging.WARNING, format="envbuild: %(levelname)s: %(message)s",
@@ -72,12 +76,20 @@ def build_main(args: list[str]) -> int | None:
     except Exception as exc:  # noqa: BLE001
         code = report(exc, "envbuild")
         if not isinstance(exc, EnvbuildError):
-            say("run `envbuild --debug ...` to see where it happened")
+            say(DEBUG_HINT)
         return code
-    if opts["json"]:
+    show_result(result, bool(opts["json"]), say)
+    return 0
+
+
+def show_result(result: BuildResult, as_json: bool, say: Callable[[str], None]) -> None:
+    """What `build` prints, typer or not: the JSON object, or a note and the env's path
+    (the last line of stdout)."""
+    if as_json:
+        import json
+
         print(json.dumps(result.to_json(), sort_keys=True))
     else:
         say(f"{'reused' if result.cached else 'built'} {result.path} "
             f"({result.manifest_digest})")
         print(result.path)
-    return 0

@@ -43,6 +43,16 @@ def recipe_pair(tmp_path: Path, index: LocalIndex, deps: list[str],
 # --- the same lock as pip-tools ------------------------------------------------------------
 
 
+
+def built_and_verified(recipe: Path, store: Path) -> Path:
+    """The env of `recipe`'s lock, built into `store` and verified at the full level."""
+    res = envbuild("build", recipe, "--store", store, "--json")
+    assert res.returncode == 0, res.stderr
+    env = Path(json.loads(res.stdout.strip().splitlines()[-1])["path"])
+    res = envbuild("verify", env, "--level", "full")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return env
+
 def test_uv_lock_is_the_pip_tools_lock(tmp_path: Path, index: LocalIndex) -> None:
     by_pip_tools, by_uv = recipe_pair(tmp_path, index, DEMO_DEPS)
     expected = lock(by_pip_tools)
@@ -94,12 +104,7 @@ def test_uv_lock_builds_verifies_and_runs(tmp_path: Path, index: LocalIndex) -> 
     res = envbuild("lock", recipe, "--resolver", "uv")
     assert res.returncode == 0, res.stderr
     assert header(recipe.with_suffix(".lock").read_text())["resolver"] == UV_HEADER
-    store = tmp_path / "store"
-    res = envbuild("build", recipe, "--store", store, "--json")
-    assert res.returncode == 0, res.stderr
-    env = Path(json.loads(res.stdout.strip().splitlines()[-1])["path"])
-    res = envbuild("verify", env, "--level", "full")
-    assert res.returncode == 0, res.stdout + res.stderr
+    env = built_and_verified(recipe, tmp_path / "store")
     res = envbuild("run", env, "--", "python", "-c",
                    "import alpha, beta, gamma, sdistonly; "
                    "print(alpha.__version__, gamma.__version__, sdistonly.__version__)")
@@ -366,12 +371,7 @@ def test_uv_lock_of_the_smallest_recipe_builds_and_verifies(tmp_path: Path) -> N
     recipe = Path(shutil.copy(smallest, tmp_path))
     res = envbuild("lock", recipe, "--resolver", "uv", "--upgrade")
     assert res.returncode == 0, res.stderr
-    store = tmp_path / "store"
-    res = envbuild("build", recipe, "--store", store, "--json")
-    assert res.returncode == 0, res.stderr
-    env = Path(json.loads(res.stdout.strip().splitlines()[-1])["path"])
-    res = envbuild("verify", env, "--level", "full")
-    assert res.returncode == 0, res.stdout + res.stderr
+    env = built_and_verified(recipe, tmp_path / "store")
     manifest = json.loads((env / "envbuild-manifest.json").read_bytes())
     assert {d["name"]: d["version"] for d in manifest["distributions"]} == pins(
         recipe.with_suffix(".lock").read_text())
