@@ -13,39 +13,48 @@ import tempfile
 from pathlib import Path
 
 from .build import Progress
-from .bytecode import compile_env
-from .carried import HOOK_PTH, hook_line, install_launcher
+from .bytecode import compile_env, compile_files
+from .carried import HOOK_PTH, TRAMPOLINE, hook_line, install_launcher
 from .hashing import sha256_bytes
 from .hostreq import scan
 from .interpreter import Interpreter
 from .layout import LAUNCH_DIR
 from .lock import Lock
-from .manifest import Distribution, InterpreterRecord, LaunchPolicy, Manifest, seal
+from .manifest import Distribution, InterpreterRecord, Known, LaunchPolicy, Manifest, seal
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe
 from .startup import probe_startup
 from .store import Store
 from .wheelcache import Artifact
 
-# Console scripts start their own interpreter from beside themselves, wherever the env is.
-_TRAMPOLINE = (b"#!/bin/sh\n"
-               b"'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")\"/python \"$0\" \"$@\"\n"
-               b"' '''\n")
-
-
 def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
              artifacts: list[Artifact], key: str, store: Store, progress: Progress,
-             fixed_time: str | None = None) -> None:
-    """The env of `artifacts` built in `tmp`, sealed with its manifest, read-only."""
+             fixed_time: str | None = None, link: str | None = None) -> None:
+    """The env of `artifacts` built in `tmp`, sealed with its manifest, read-only: its
+    files linked from the store's trees by `link` (hardlink, reflink or copy), or with
+    `link` None installed by pip (the reference installer)."""
     progress(f"creating a venv for Python {interp.version}")
     run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt", recipe.name,
               str(tmp)], env=hermetic_env())
-    progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
-    _install(tmp, artifacts, store.tmp)
+    known: Known = {}
+    elf: set[str] = set()
+    if link is None:
+        progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
+        _install(tmp, artifacts, store.tmp)
+    else:
+        from .trees import link_trees, trees_for
+
+        trees = trees_for(store, artifacts, interp, progress)
+        progress(f"putting {len(artifacts)} distributions in place from the store ({link})")
+        known, elf = link_trees(trees, tmp, link)
     install_launcher(tmp, interp)
     _relocate(tmp, interp)
     progress("compiling bytecode")
-    compile_env(tmp, interp.site, tmp / LAUNCH_DIR, artifacts, interp, store)
+    if link is None:
+        compile_env(tmp, interp.site, tmp / LAUNCH_DIR, artifacts, interp, store)
+    else:   # the trees' pycs came with them; the launch code's are compiled here
+        compile_files(interp.executable, [("U", str(tmp), str(p))
+                                          for p in (tmp / LAUNCH_DIR).rglob("*.py")])
     startup = probe_startup(tmp, interp.site)   # before the hook, which would refuse here
     if recipe.launch_hook:
         (tmp / interp.site / HOOK_PTH).write_text(hook_line())
@@ -65,9 +74,11 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         environment=recipe.environment, host_optional=recipe.host_optional,
         launch=LaunchPolicy(hook=recipe.launch_hook, root=recipe.launch_root,
                             record_environment=recipe.launch_record))
-    seal(tmp, draft, interp.site, str(tmp).encode(), scan,
+    not_elf = known.keys() - elf
+    seal(tmp, draft, interp.site, str(tmp).encode(),
+         lambda root, paths: scan(root, paths, not_elf),
          stdlib_landmark=os.path.join(interp.stdlib, "os.py"), startup=startup,
-         fixed_time=fixed_time, recipe_path=recipe.path)
+         fixed_time=fixed_time, recipe_path=recipe.path, known=known)
     _freeze_dirs(tmp)
 
 
@@ -136,12 +147,12 @@ def _retarget_script(data: bytes, prefix: bytes) -> bytes | None:
     """
     first, _, rest = data.partition(b"\n")
     if first.startswith(b"#!") and prefix in first:
-        return _TRAMPOLINE + rest
+        return TRAMPOLINE + rest
     if first == b"#!/bin/sh":
         second, _, after = rest.partition(b"\n")
         third, _, body = after.partition(b"\n")
         if second.startswith(b"'''exec' ") and prefix in second and third == b"' '''":
-            return _TRAMPOLINE + body
+            return TRAMPOLINE + body
     return None
 
 
@@ -191,13 +202,15 @@ def _update_records(site: Path, root: Path, rewritten: dict[str, bytes]) -> None
 
 
 def _normalize_files(root: Path) -> None:
-    """Read-only files: 0555 where any execute bit was set, else 0444."""
+    """Read-only files: 0555 where any execute bit was set, else 0444 (a file that has its
+    mode already, such as one linked from the store, is left alone)."""
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                os.chmod(path, 0o555 if st.st_mode & 0o111 else 0o444)
+            mode = 0o555 if st.st_mode & 0o111 else 0o444
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != mode:
+                os.chmod(path, mode)
 
 
 def _freeze_dirs(root: Path) -> None:

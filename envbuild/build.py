@@ -26,6 +26,7 @@ from .store import Store, clear_leftovers, env_key, exclusive
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+INSTALLERS = ("trees", "pip")
 # How an env already in the store is judged before it is handed out: the lines of its
 # differences from its manifest (none: intact). The caller passes the level checker in.
 Check = Callable[[Path], list[str]]
@@ -48,14 +49,23 @@ class BuildResult:
 def build(recipe_path: Path, store_dir: Path | None = None, python: str | None = None,
           offline: bool = False, progress: Progress = lambda _msg: None,
           check: Check | None = None, force: bool = False,
-          fixed_time: str | None = None) -> BuildResult:
+          fixed_time: str | None = None, installer: str = "trees",
+          link: str | None = None) -> BuildResult:
     """The env the recipe's lock describes, at `<store>/envs/<name>-<key>`.
 
     An env already there is handed out only if `check` finds it intact; a damaged one is
     moved aside to `envs/.damaged-<name>-<key>-<utc>/` and built again. `force` builds
     again whatever is there (the old env is removed once the new one is in place).
     `fixed_time` (an image's build): the provenance names that time and no host or user.
+    `installer` "trees" (each wheel installed once per store and Python, the env's files
+    put in place by `link`: hardlink, reflink or copy; None: reflink where the store's file
+    system can, else copy) or "pip" (pip installs every wheel into the env: the reference).
     """
+    if installer not in INSTALLERS:
+        raise InputError(f"--installer: expected one of {', '.join(INSTALLERS)}, "
+                         f"found {installer!r}")
+    if installer == "pip" and link is not None:
+        raise InputError(f"--link {link}: expected with --installer trees (pip copies)")
     recipe = load_recipe(recipe_path)
     lock = read_lock(recipe)
     interp = probe(python)
@@ -65,15 +75,20 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
         # refused before the store is created: bad input changes nothing on disk
         raise CacheIntegrityError(f"--offline: the store {where} has no "
                                   "wheel cache yet; build once without --offline to fill it")
+    if installer == "trees":
+        from .trees import resolve_link
+
+        # the temp dir is where an env is put together; probed before anything is built
+        link = resolve_link(link, Store.locate(store_dir).tmp)
     return _build_in(Store.locate(store_dir), recipe, lock, interp, offline, progress,
-                     check, force, fixed_time)
+                     check, force, fixed_time, link)
 
 
 def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, offline: bool,
               progress: Progress, check: Check | None, force: bool,
-              fixed_time: str | None = None) -> BuildResult:
+              fixed_time: str | None = None, link: str | None = None) -> BuildResult:
     key = env_key(lock.text, recipe.digest, interp.identity(), interp.platform,
-                  launcher_digest(), installer_identity())
+                  launcher_digest(), installer_identity() if link is None else trees_identity())
     final = store.env_path(recipe.name, key)
     seen = None if force else _judge(final, check, progress)
     if seen == "intact":
@@ -102,7 +117,8 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
         tmp = Path(tempfile.mkdtemp(prefix=store.layout.tmp_env_prefix(recipe.name, key),
                                     dir=store.envs))
         try:
-            assemble(tmp, recipe, lock, interp, artifacts, key, store, progress, fixed_time)
+            assemble(tmp, recipe, lock, interp, artifacts, key, store, progress, fixed_time,
+                     link)
             progress(f"publishing {final}")
             if not publish_dir(tmp, final):   # published meanwhile: same key, same bytes
                 remove_tree(tmp)
@@ -112,6 +128,12 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
     if replaced is not None:
         remove_tree(replaced)
     return _result(final, key, cached=False, moved=moved)
+
+
+def trees_identity() -> str:
+    from .trees import identity
+
+    return identity()
 
 
 def _manifest_id(env: Path) -> str | None:

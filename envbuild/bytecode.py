@@ -20,22 +20,32 @@ from .wheelcache import Artifact
 
 log = logging.getLogger(__name__)
 
-# Runs in the env's own interpreter: compiles the files named on stdin, in parallel; a line
-# is "C path" (checked-hash pyc) or "U path" (unchecked-hash).
+# Runs in the target interpreter: compiles the files named on stdin, in parallel; a line is
+# "MODE\tSTRIP\tPATH", MODE C (checked-hash pyc) or U (unchecked-hash), STRIP the dir whose
+# path is left out of the pyc's file name.
 _COMPILE = r"""
 import compileall, py_compile, sys
 from concurrent.futures import ProcessPoolExecutor
 MODES = {"C": py_compile.PycInvalidationMode.CHECKED_HASH,
          "U": py_compile.PycInvalidationMode.UNCHECKED_HASH}
 def one(line):
-    return compileall.compile_file(line[2:], quiet=2, stripdir=sys.argv[1],
-                                   invalidation_mode=MODES[line[0]])
+    mode, strip, path = line.split("\t", 2)
+    return compileall.compile_file(path, quiet=2, stripdir=strip,
+                                   invalidation_mode=MODES[mode])
 files = sys.stdin.read().splitlines()
 if files:
     with ProcessPoolExecutor() as pool:
         ok = all(pool.map(one, files, chunksize=max(1, len(files) // 64)))
     sys.exit(0 if ok else 1)
 """
+
+
+def compile_files(python: str, jobs: list[tuple[str, str, str]]) -> None:
+    """Compile each (mode, strip dir, path) with `python`, its own bytecode (-S: no site, so
+    no .pth line runs), a fixed PYTHONHASHSEED, in parallel."""
+    if jobs:
+        run_tool([python, "-S", "-c", _COMPILE], env=hermetic_env({"PYTHONHASHSEED": "0"}),
+                 input="\n".join("\t".join(job) for job in jobs))
 
 
 def compile_env(root: Path, site: str, launch_code: Path, artifacts: list[Artifact],
@@ -56,11 +66,9 @@ def compile_env(root: Path, site: str, launch_code: Path, artifacts: list[Artifa
             _copy_into(cached, site_dir)
         else:
             fresh.append((art, sources))
-    # -S: no site, so no .pth line runs (and writes a pyc of its own) while compiling
-    todo = [f"{mode} {p}" for mode, d in (("C", site_dir), ("U", launch_code))
-            for p in d.rglob("*.py") if not _pyc(p, interp.cache_tag).exists()]
-    run_tool([str(root / "bin" / "python"), "-S", "-c", _COMPILE, str(root)],
-             env=hermetic_env({"PYTHONHASHSEED": "0"}), input="\n".join(todo))
+    compile_files(str(root / "bin" / "python"),
+                  [(mode, str(root), str(p)) for mode, d in (("C", site_dir), ("U", launch_code))
+                   for p in d.rglob("*.py") if not _pyc(p, interp.cache_tag).exists()])
     for art, sources in fresh:
         _remember(store, art, interp, site_dir, sources)
 

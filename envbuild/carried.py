@@ -67,6 +67,12 @@ def launcher_digest() -> str:
     return sha256_bytes(b"\0".join(parts))
 
 
+# Console scripts start their own interpreter from beside themselves, wherever the env is.
+TRAMPOLINE = (b"#!/bin/sh\n"
+              b"'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")\"/python \"$0\" \"$@\"\n"
+              b"' '''\n")
+
+
 def install_launcher(tmp: Path, interp: Interpreter) -> None:
     """The stdlib-only launch modules and `bin/envbuild-guard`, carried inside the env."""
     here = Path(__file__).parent

@@ -151,6 +151,15 @@ def build(
                                               "checked before it is reused (default "
                                               "files: every path's size and mode; full: "
                                               "every byte).")] = "files",
+    link: Annotated[Optional[str], typer.Option(  # noqa: UP007
+        "--link", metavar="hardlink|reflink|copy",
+        help="How the env's files are put in place from the store's installed wheels "
+             "(default: reflink where the file system can, else copy; hardlink shares "
+             "inodes with the store).")] = None,
+    installer: Annotated[str, typer.Option(
+        "--installer", metavar="trees|pip",
+        help="trees (default): each wheel installed once per store and Python; pip: pip "
+             "installs every wheel into the env (the reference, same tree).")] = "trees",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object with path, "
                                           "env_key and manifest_digest.")] = False,
 ) -> None:
@@ -167,7 +176,8 @@ def build(
 
     with handle_errors(), progress_line() as progress:
         result = build_or_reuse(recipe, store=store, python=python, offline=offline,
-                                force=force, level=verify_level, progress=progress)
+                                force=force, level=verify_level, progress=progress,
+                                link=link, installer=installer)
     from .fastbuild import show_result
 
     show_result(result, as_json, note)

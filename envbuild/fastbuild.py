@@ -14,15 +14,16 @@ if TYPE_CHECKING:
     from .build import BuildResult
 
 _FLAGS = {"--offline": "offline", "--force": "force", "--json": "json"}
-_VALUES = {"--store": "store", "--python": "python", "--verify": "verify"}
+_VALUES = {"--store": "store", "--python": "python", "--verify": "verify", "--link": "link",
+           "--installer": "installer"}
 
 
 def parse_build(args: list[str]) -> dict[str, str | bool | None] | None:
     """The options of `build RECIPE [--store DIR] [--python P] [--offline] [--force]
-    [--verify L] [--json]`; None if anything else is there."""
+    [--verify L] [--link M] [--installer I] [--json]`; None if anything else is there."""
     opts: dict[str, str | bool | None] = {"offline": False, "force": False, "json": False,
                                           "store": None, "python": None, "verify": "files",
-                                          "recipe": None}
+                                          "link": None, "installer": "trees", "recipe": None}
     words = list(args)
     while words:
         word = words.pop(0)
@@ -69,7 +70,8 @@ def build_main(args: list[str]) -> int | None:
                                 python=opts["python"] if isinstance(opts["python"], str)
                                 else None, offline=bool(opts["offline"]),
                                 force=bool(opts["force"]), level=str(opts["verify"]),
-                                progress=say)
+                                progress=say, installer=str(opts["installer"]),
+                                link=opts["link"] if isinstance(opts["link"], str) else None)
     except KeyboardInterrupt:
         say("interrupted")
         return 130

@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,8 +135,9 @@ def _ships(root: Path, present: set[str], rel: str) -> bool:
     return target.is_file() and target.is_relative_to(root.resolve())
 
 
-def scan(root: Path, relpaths: Iterable[str]) -> HostNeeds:
-    """Host needs of the ELF files among `relpaths` (regular files, POSIX, relative to root)."""
+def scan(root: Path, relpaths: Iterable[str], not_elf: Collection[str] = ()) -> HostNeeds:
+    """Host needs of the ELF files among `relpaths` (regular files, POSIX, relative to root);
+    those in `not_elf` are known not to be ELF and are not opened."""
     from elftools.common.exceptions import ELFError
 
     files = sorted(set(relpaths))
@@ -147,7 +148,7 @@ def scan(root: Path, relpaths: Iterable[str]) -> HostNeeds:
     glibc: set[str] = set()
     for rel in files:
         path = root / rel
-        if not _is_elf(path):
+        if rel in not_elf or not _is_elf(path):
             continue
         try:
             needed, search, glibcs, needs = _read_elf(path)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = build(args.recipe, store_dir=args.store, python=args.python, offline=True,
                        progress=lambda message: print(f"envbuild: {message}", flush=True),
-                       fixed_time=args.time)
+                       fixed_time=args.time, installer="pip")
         args.dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.rename(result.path, args.dest)
     except EnvbuildError as exc:

@@ -82,6 +82,7 @@ class StoreLayout:
          self.used) = (os.path.join(root, sub) for sub in self.SUBDIRS)
         self.tools = os.path.join(root, "tools")     # made when a tool venv is first built
         self.uv_cache = os.path.join(root, "uv-cache")    # `lock --resolver uv`'s, made by uv
+        self.trees = os.path.join(root, "trees")     # made when a wheel is first installed
 
     def wheel_dir(self, sha256: str) -> str:
         """Every artifact under its own hash: `wheels/<hex>/FILE`."""
@@ -94,6 +95,10 @@ class StoreLayout:
     def pyc_dir(self, wheel_sha256: str, abi: str, version: str) -> str:
         """One wheel's compiled pycs, for the next build that installs it."""
         return os.path.join(self.pycs, f"{_hex(wheel_sha256)}-{abi}-{version}")
+
+    def tree_dir(self, wheel_sha256: str, abi: str, version: str) -> str:
+        """One wheel installed (pycs compiled) for one interpreter, which envs link from."""
+        return os.path.join(self.trees, f"{_hex(wheel_sha256)}-{abi}-{version}")
 
     def env_dir(self, name: str, env_key: str) -> str:
         return os.path.join(self.envs, f"{name}-{short_key(env_key)}")

@@ -28,6 +28,9 @@ from .recipe import EnvContract
 from .sidecars import FILES_SCHEMA, files_line, format_quick, read_manifest_bytes, walk
 from .startup import Startup
 
+# A file recorded elsewhere (a store's tree): (mode, size, sha256 hex), by its path in the env.
+Known = dict[str, tuple[int, int, str]]
+
 SCHEMA_PREFIX = "envbuild.manifest/"
 SCHEMA_VERSION = 1
 SCHEMA = f"{SCHEMA_PREFIX}{SCHEMA_VERSION}"
@@ -181,9 +184,12 @@ class TreeListing:
     regular: list[str]        # relative paths of regular files, for the host scan
 
 
-def list_tree(root: Path, forbidden: bytes) -> TreeListing:
+def list_tree(root: Path, forbidden: bytes, known: Known | None = None) -> TreeListing:
     """Hash every file; refuse a tree in which any file still holds `forbidden` (the build
-    dir's absolute path): such an env would break when moved."""
+    dir's absolute path): such an env would break when moved. A file in `known` (recorded
+    when the store's tree it came from was installed, and checked there) with its recorded
+    mode and size is taken as recorded, not read again."""
+    known = known or {}
     lines = [FILES_SCHEMA + "\n"]
     regular: list[str] = []
     leaks: list[str] = []
@@ -197,6 +203,11 @@ def list_tree(root: Path, forbidden: bytes) -> TreeListing:
             lines.append(files_line("l", 0, len(target), hashlib.sha256(target).hexdigest(),
                                     rel))
         elif stat.S_ISREG(st.st_mode):
+            record = known.get(rel)
+            if record is not None and record[:2] == (stat.S_IMODE(st.st_mode), st.st_size):
+                lines.append(files_line("f", record[0], record[1], record[2], rel))
+                regular.append(rel)
+                continue
             data = (root / rel).read_bytes()
             if forbidden in data:
                 leaks.append(rel)
@@ -263,7 +274,8 @@ def quick_records(site: str, root: Path, manifest: Manifest,
 def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
          host_scan: Callable[[Path, list[str]], HostNeeds],
          stdlib_landmark: str | None = None, startup: Startup | None = None,
-         fixed_time: str | None = None, recipe_path: Path | None = None) -> Manifest:
+         fixed_time: str | None = None, recipe_path: Path | None = None,
+         known: Known | None = None) -> Manifest:
     """Write the sidecars and the manifest into `root`; return the manifest.
 
     `draft` holds everything but what is computed here: the tree digest, the host needs
@@ -271,7 +283,7 @@ def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
     provenance (not an image's, which names no path of the machine that built it).
     """
     (root / META).mkdir(exist_ok=True)
-    listing = list_tree(root, forbidden)
+    listing = list_tree(root, forbidden, known)
     manifest = replace(draft, tree_digest=sha256_bytes(listing.sidecar),
                        host=host_scan(root, listing.regular))
     quick = format_quick(quick_records(site, root, manifest, stdlib_landmark,

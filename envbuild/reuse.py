@@ -23,10 +23,12 @@ def damage(env: Path, level: str) -> list[str]:
 
 def build_or_reuse(recipe: Path, store: Path | None = None, python: str | None = None,
                    offline: bool = False, force: bool = False, level: str = "files",
-                   progress: Progress = lambda _msg: None) -> BuildResult:
+                   progress: Progress = lambda _msg: None, link: str | None = None,
+                   installer: str = "trees") -> BuildResult:
     """The env of `recipe`'s lock: reused when it verifies at `level` (files by default,
     full on request), moved aside and built again when it does not; `force` builds again."""
     if level not in LEVELS[1:]:
         raise UsageError(f"--verify: expected files or full, found {level!r}")
     return build(recipe, store_dir=store, python=python, offline=offline, progress=progress,
-                 check=lambda env: damage(env, level), force=force)
+                 check=lambda env: damage(env, level), force=force, link=link,
+                 installer=installer)

@@ -1,0 +1,271 @@
+"""The store's installed trees: each wheel installed once per store and interpreter
+(`trees/<wheel sha256>-<abi>-<version>/`), read-only, its pycs compiled, every file's
+mode, size and sha256 recorded; and an env's files linked, cloned or copied from them.
+
+A tree is checked (every recorded file present as a regular file with its size and mode,
+nothing added) each time an env is assembled from it; one that differs is discarded and
+installed again. Its record is bound to the wheel's sha256 (the lock's) by its name."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import BuildError, InputError
+from .fsutil import publish_dir, remove_tree
+from .interpreter import Interpreter
+from .manifest import Known
+from .sidecars import FILES_SCHEMA, files_line, read_files, walk
+from .store import Store
+
+if TYPE_CHECKING:
+    from .wheelcache import Artifact
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+TREE_FORMAT = "1"
+ROOT, FILES, INFO = "root", "files", "tree.json"
+LINK_MODES = ("hardlink", "reflink", "copy")
+FICLONE = 0x40049409        # linux/fs.h: _IOW(0x94, 9, int)
+# what a file system without reflinks answers FICLONE with
+_NO_REFLINK = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
+
+def identity() -> str:
+    """The installer's identity, for `env_key`."""
+    import installer
+
+    return f"envbuild trees/{TREE_FORMAT} (pip's layout) installer {installer.__version__}"
+
+
+@dataclass(frozen=True)
+class Tree:
+    path: Path
+    files: Known
+    elf: frozenset[str]     # the files that are ELF objects (for the host scan)
+
+    @property
+    def root(self) -> Path:
+        return self.path / ROOT
+
+
+def trees_for(store: Store, artifacts: list[Artifact], interp: Interpreter,
+              progress: Progress) -> list[Tree]:
+    """One intact tree per artifact, in order, installing the missing ones."""
+    found: dict[str, Tree] = {}
+    missing: list[tuple[Artifact, Path]] = []
+    for art in artifacts:
+        where = Path(store.layout.tree_dir(art.wheel_sha256, interp.abi, interp.version))
+        tree = load_tree(where)
+        if tree is None:
+            missing.append((art, where))
+        else:
+            found[art.wheel_sha256] = tree
+    if missing:
+        progress(f"installing {len(missing)} of {len(artifacts)} wheels into the store "
+                 "(once per wheel and Python)")
+        os.makedirs(store.layout.trees, exist_ok=True)
+        found.update(_install_trees(store, missing, interp))
+    return [found[art.wheel_sha256] for art in artifacts]
+
+
+def load_tree(where: Path) -> Tree | None:
+    """The tree at `where` if it is there and intact; a damaged one is removed."""
+    try:
+        info = json.loads((where / INFO).read_text(encoding="utf-8"))
+        listing = (where / FILES).read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        if where.exists():
+            _discard(where, "its record is unreadable")
+        return None
+    files = {rel: (mode, size, digest)
+             for rel, (_kind, mode, size, digest) in read_files(listing).items()}
+    seen = walk(str(where / ROOT))
+    for rel, (mode, size, _digest) in files.items():
+        st = seen.pop(rel, None)
+        if st is None or not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode \
+                or st.st_size != size:
+            _discard(where, f"{rel} differs from its record")
+            return None
+    if any(not stat.S_ISDIR(st.st_mode) for st in seen.values()):
+        _discard(where, f"{sorted(seen)[0]} was added")
+        return None
+    return Tree(where, files, frozenset(info.get("elf", ())))
+
+
+def _discard(where: Path, why: str) -> None:
+    log.warning("%s: %s; installing the wheel again", where, why)
+    remove_tree(where)
+
+
+def _install_trees(store: Store, missing: list[tuple[Artifact, Path]],
+                   interp: Interpreter) -> dict[str, Tree]:
+    from .bytecode import compile_files
+    from .wheelinstall import install_wheel
+
+    staged: list[tuple[Artifact, Path, Path]] = []
+    try:
+        for art, where in missing:
+            staging = Path(tempfile.mkdtemp(prefix="tree-", dir=store.tmp))
+            staged.append((art, where, staging))
+            install_wheel(art.wheel, staging / ROOT, interp.site, interp.version,
+                          art.entry.name)
+        jobs = [("C", str(staging / ROOT), str(path)) for _art, _where, staging in staged
+                for path in (staging / ROOT / interp.site).rglob("*.py")]
+        compile_files(interp.executable, jobs)
+        out: dict[str, Tree] = {}
+        for art, where, staging in staged:
+            out[art.wheel_sha256] = _seal_tree(art, where, staging)
+        return out
+    finally:
+        for _art, _where, staging in staged:
+            if staging.exists():
+                remove_tree(staging)
+
+
+def _seal_tree(art: Artifact, where: Path, staging: Path) -> Tree:
+    """Record the staged tree's files, make it read-only and publish it at `where`."""
+    root = staging / ROOT
+    forbidden = str(staging).encode()
+    lines, files, elf = [FILES_SCHEMA + "\n"], {}, []
+    for rel, st in sorted(walk(str(root)).items()):
+        if stat.S_ISDIR(st.st_mode):
+            os.chmod(root / rel, 0o555)
+            continue
+        data = (root / rel).read_bytes()
+        if forbidden in data:
+            raise BuildError(f"{art.wheel.name}: {rel} holds the install dir's path; it "
+                             "would break when moved")
+        mode = 0o555 if st.st_mode & 0o111 else 0o444
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(root / rel, mode)
+        digest = hashlib.sha256(data).hexdigest()
+        files[rel] = (mode, len(data), digest)
+        lines.append(files_line("f", mode, len(data), digest, rel))
+        if data[:4] == b"\x7fELF":
+            elf.append(rel)
+    (staging / FILES).write_text("".join(lines), encoding="utf-8")
+    (staging / INFO).write_text(json.dumps(
+        {"format": TREE_FORMAT, "wheel": art.wheel_sha256, "artifact": art.wheel.name,
+         "installer": identity(), "elf": elf}, sort_keys=True), encoding="utf-8")
+    for name in (FILES, INFO):
+        os.chmod(staging / name, 0o444)
+    os.chmod(root, 0o555)
+    os.chmod(staging, 0o555)
+    if not publish_dir(staging, where):   # another build published it first
+        tree = load_tree(where)
+        if tree is not None:
+            return tree
+        raise BuildError(f"{where}: expected the tree another build published, found none")
+    return Tree(where, files, frozenset(elf))
+
+
+# ---- linking an env's files from the trees -------------------------------------------------
+
+
+def resolve_link(how: str | None, where: Path) -> str:
+    """The link mode to use in `where` (the store's temp dir): `how` if the file system
+    can do it; by default reflink where it can, else copy."""
+    if how is not None and how not in LINK_MODES:
+        raise InputError(f"--link: expected one of {', '.join(LINK_MODES)}, found {how!r}")
+    if how in ("hardlink", "copy"):
+        return how
+    if _can_reflink(where):
+        return "reflink"
+    if how == "reflink":
+        raise InputError(f"--link reflink: expected a file system with reflinks (XFS, Btrfs) "
+                         f"at {where}, found none; pass --link copy or --link hardlink")
+    return "copy"
+
+
+def _can_reflink(where: Path) -> bool:
+    os.makedirs(where, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="reflink-", dir=where) as probe:
+        src, dst = os.path.join(probe, "a"), os.path.join(probe, "b")
+        with open(src, "wb") as fh:
+            fh.write(b"reflink probe\n")
+        try:
+            _reflink(src, dst, 0o444)
+        except OSError as exc:
+            if exc.errno in _NO_REFLINK:
+                return False
+            raise
+    return True
+
+
+def _reflink(src: str, dst: str, mode: int) -> None:
+    import fcntl
+
+    fd_src = os.open(src, os.O_RDONLY)
+    try:
+        fd_dst = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            fcntl.ioctl(fd_dst, FICLONE, fd_src)
+        except OSError:
+            os.close(fd_dst)
+            os.unlink(dst)
+            raise
+        os.close(fd_dst)
+    finally:
+        os.close(fd_src)
+
+
+def _copy(src: str, dst: str, mode: int) -> None:
+    with open(src, "rb") as fh:
+        data = fh.read()
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _hardlink(src: str, dst: str, _mode: int) -> None:
+    os.link(src, dst)
+
+
+_LINKERS: dict[str, Callable[[str, str, int], None]] = {
+    "hardlink": _hardlink, "reflink": _reflink, "copy": _copy}
+
+
+def link_trees(trees: Iterable[Tree], root: Path, how: str) -> tuple[Known, set[str]]:
+    """Every tree's files put under `root` (a later tree's file replaces an earlier one's,
+    as a later install does); what was put there, as recorded, and which are ELF."""
+    linker = _LINKERS[how]
+    known: Known = {}
+    elf: set[str] = set()
+    made: set[str] = set()
+    base = str(root)
+    for tree in trees:
+        src_root = str(tree.root)
+        for rel, record in tree.files.items():
+            parent = rel.rpartition("/")[0]
+            if parent not in made:
+                os.makedirs(os.path.join(base, parent), exist_ok=True)
+                made.add(parent)
+            src, dst = os.path.join(src_root, rel), os.path.join(base, rel)
+            try:
+                linker(src, dst, record[0])
+            except FileExistsError:
+                os.unlink(dst)
+                linker(src, dst, record[0])
+            except OSError as exc:
+                raise BuildError(f"--link {how}: could not put {rel} in the env from "
+                                 f"{tree.path}: {exc.strerror}") from None
+            known[rel] = record
+            if rel in tree.elf:
+                elf.add(rel)
+            else:
+                elf.discard(rel)
+    return known, elf
