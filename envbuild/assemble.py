@@ -13,19 +13,27 @@ import tempfile
 from pathlib import Path
 
 from .build import Progress
-from .bytecode import compile_env, compile_files
+from .bytecode import compile_env, compile_launch
 from .carried import HOOK_PTH, TRAMPOLINE, hook_line, install_launcher
 from .hashing import sha256_bytes
 from .hostreq import scan
 from .interpreter import Interpreter
 from .layout import LAUNCH_DIR
 from .lock import Lock
-from .manifest import Distribution, InterpreterRecord, Known, LaunchPolicy, Manifest, seal
+from .manifest import (
+    Distribution,
+    InterpreterRecord,
+    LaunchPolicy,
+    Manifest,
+    RecordMismatch,
+    seal,
+)
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe
 from .startup import probe_startup
 from .store import Store
 from .wheelcache import Artifact
+
 
 def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
              artifacts: list[Artifact], key: str, store: Store, progress: Progress,
@@ -36,29 +44,29 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     progress(f"creating a venv for Python {interp.version}")
     run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt", recipe.name,
               str(tmp)], env=hermetic_env())
-    known: Known = {}
-    elf: set[str] = set()
+    linked = None
     if link is None:
         progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
         _install(tmp, artifacts, store.tmp)
+    install_launcher(tmp, interp)
+    _relocate(tmp, interp)
+    progress("compiling bytecode")
+    compile_launch(tmp, tmp / LAUNCH_DIR, interp, store)
+    if link is None:
+        compile_env(tmp, interp.site, artifacts, interp, store)
     else:
+        _normalize_files(tmp)   # the venv's and the launch code's; the trees' come right
         from .trees import link_trees, trees_for
 
         trees = trees_for(store, artifacts, interp, progress)
         progress(f"putting {len(artifacts)} distributions in place from the store ({link})")
-        known, elf = link_trees(trees, tmp, link)
-    install_launcher(tmp, interp)
-    _relocate(tmp, interp)
-    progress("compiling bytecode")
-    if link is None:
-        compile_env(tmp, interp.site, tmp / LAUNCH_DIR, artifacts, interp, store)
-    else:   # the trees' pycs came with them; the launch code's are compiled here
-        compile_files(interp.executable, [("U", str(tmp), str(p))
-                                          for p in (tmp / LAUNCH_DIR).rglob("*.py")])
+        linked = link_trees(trees, tmp, link)
     startup = probe_startup(tmp, interp.site)   # before the hook, which would refuse here
     if recipe.launch_hook:
         (tmp / interp.site / HOOK_PTH).write_text(hook_line())
-    _normalize_files(tmp)
+        (tmp / interp.site / HOOK_PTH).chmod(0o444)
+    if link is None:
+        _normalize_files(tmp)
     progress("writing the manifest")
     draft = Manifest(
         name=recipe.name, env_key=key,
@@ -74,11 +82,18 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         environment=recipe.environment, host_optional=recipe.host_optional,
         launch=LaunchPolicy(hook=recipe.launch_hook, root=recipe.launch_root,
                             record_environment=recipe.launch_record))
-    not_elf = known.keys() - elf
-    seal(tmp, draft, interp.site, str(tmp).encode(),
-         lambda root, paths: scan(root, paths, not_elf),
-         stdlib_landmark=os.path.join(interp.stdlib, "os.py"), startup=startup,
-         fixed_time=fixed_time, recipe_path=recipe.path, known=known)
+    try:
+        seal(tmp, draft, interp.site, str(tmp).encode(),
+             lambda root, paths: scan(root, paths, linked.elf if linked else None),
+             stdlib_landmark=os.path.join(interp.stdlib, "os.py"), startup=startup,
+             fixed_time=fixed_time, recipe_path=recipe.path,
+             known=linked.known if linked else None)
+    except RecordMismatch as exc:
+        if linked is None:
+            raise
+        from .trees import TreeDamaged
+
+        raise TreeDamaged(linked.source[exc.rel], exc.rel) from None
     _freeze_dirs(tmp)
 
 

@@ -113,21 +113,40 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
         from .assemble import assemble
         from .wheelcache import WheelCache
 
-        artifacts = WheelCache(store, interp, recipe, offline, progress).fill(entries)
-        tmp = Path(tempfile.mkdtemp(prefix=store.layout.tmp_env_prefix(recipe.name, key),
-                                    dir=store.envs))
-        try:
-            assemble(tmp, recipe, lock, interp, artifacts, key, store, progress, fixed_time,
-                     link)
-            progress(f"publishing {final}")
-            if not publish_dir(tmp, final):   # published meanwhile: same key, same bytes
+        cache = WheelCache(store, interp, recipe, offline, progress)
+        if link is not None:
+            from .trees import installed
+
+            cache.installed = installed(store, interp)
+        artifacts = cache.fill(entries)
+        for attempt in (1, 2):
+            tmp = Path(tempfile.mkdtemp(prefix=store.layout.tmp_env_prefix(recipe.name, key),
+                                        dir=store.envs))
+            try:
+                assemble(tmp, recipe, lock, interp, artifacts, key, store, progress,
+                         fixed_time, link)
+                progress(f"publishing {final}")
+                if not publish_dir(tmp, final):   # published meanwhile: same key, same bytes
+                    remove_tree(tmp)
+                break
+            except BaseException as exc:
                 remove_tree(tmp)
-        except BaseException:
-            remove_tree(tmp)
-            raise
+                if attempt == 2 or not _discard_damaged(exc, progress):
+                    raise
     if replaced is not None:
         remove_tree(replaced)
     return _result(final, key, cached=False, moved=moved)
+
+
+def _discard_damaged(exc: BaseException, progress: Progress) -> bool:
+    """True if `exc` is a store's tree found damaged, now discarded (built again next)."""
+    from .trees import TreeDamaged, discard
+
+    if not isinstance(exc, TreeDamaged):
+        return False
+    progress(f"{exc}; installing that wheel again")
+    discard(exc.tree, str(exc))
+    return True
 
 
 def trees_identity() -> str:

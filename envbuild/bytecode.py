@@ -48,15 +48,10 @@ def compile_files(python: str, jobs: list[tuple[str, str, str]]) -> None:
                  input="\n".join("\t".join(job) for job in jobs))
 
 
-def compile_env(root: Path, site: str, launch_code: Path, artifacts: list[Artifact],
-                interp: Interpreter, store: Store) -> None:
+def compile_env(root: Path, site: str, artifacts: list[Artifact], interp: Interpreter,
+                store: Store) -> None:
     """Give every .py in site-packages its checked-hash pyc, from the store's pyc cache
-    where a wheel's pycs are there, compiling the rest and caching them per wheel.
-
-    The launch code (`launch_code`) gets unchecked-hash pycs: it runs at every launch
-    before the check has finished, and Python would otherwise read and hash each of its
-    sources first. The quick level checks those pycs' owners and modes; files and full,
-    their bytes and their sources'."""
+    where a wheel's pycs are there, compiling the rest and caching them per wheel."""
     site_dir = root / site
     fresh: list[tuple[Artifact, list[str]]] = []
     for art in artifacts:
@@ -67,10 +62,28 @@ def compile_env(root: Path, site: str, launch_code: Path, artifacts: list[Artifa
         else:
             fresh.append((art, sources))
     compile_files(str(root / "bin" / "python"),
-                  [(mode, str(root), str(p)) for mode, d in (("C", site_dir), ("U", launch_code))
-                   for p in d.rglob("*.py") if not _pyc(p, interp.cache_tag).exists()])
+                  [("C", str(root), str(p)) for p in site_dir.rglob("*.py")
+                   if not _pyc(p, interp.cache_tag).exists()])
     for art, sources in fresh:
-        _remember(store, art, interp, site_dir, sources)
+        _keep(store, _entry(store, art, interp), site_dir, sources, interp.cache_tag,
+              art.wheel.name)
+
+
+def compile_launch(root: Path, launch_code: Path, interp: Interpreter, store: Store) -> None:
+    """The launch code's pycs, unchecked-hash: it runs at every launch before the check has
+    finished, and Python would otherwise read and hash each of its sources first. The
+    quick level checks those pycs' owners and modes; files and full, their bytes and their
+    sources'. Kept in the store's pyc cache by the launch code's digest."""
+    from .carried import launcher_digest
+
+    cached = Path(store.layout.pyc_dir(launcher_digest(), interp.abi, interp.version))
+    if cached.is_dir():
+        _copy_into(cached, launch_code)
+        return
+    sources = sorted(launch_code.rglob("*.py"))
+    compile_files(interp.executable, [("U", str(root), str(p)) for p in sources])
+    _keep(store, cached, launch_code, [p.relative_to(launch_code).as_posix() for p in sources],
+          interp.cache_tag, "the launch code")
 
 
 def wheel_sources(wheel: Path) -> list[str]:
@@ -105,22 +118,23 @@ def _entry(store: Store, art: Artifact, interp: Interpreter) -> Path:
     return Path(store.layout.pyc_dir(art.wheel_sha256, interp.abi, interp.version))
 
 
-def _remember(store: Store, art: Artifact, interp: Interpreter, site_dir: Path,
-              sources: list[str]) -> None:
-    """Keep a wheel's freshly compiled pycs for the next build; best effort."""
+def _keep(store: Store, entry: Path, src_dir: Path, sources: list[str], cache_tag: str,
+          what: str) -> None:
+    """Keep freshly compiled pycs of `sources` (relative to `src_dir`) at `entry` for the
+    next build; best effort."""
     os.makedirs(store.layout.pycs, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.tmp))
     try:
         for rel in sources:
-            pyc = _pyc(site_dir / rel, interp.cache_tag)
+            pyc = _pyc(src_dir / rel, cache_tag)
             if pyc.exists():
-                dest = staging / pyc.relative_to(site_dir)
+                dest = staging / pyc.relative_to(src_dir)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(pyc, dest)
                 dest.chmod(0o444)
         os.chmod(staging, 0o755)
-        if publish_dir(staging, _entry(store, art, interp)):
+        if publish_dir(staging, entry):
             return
     except OSError as exc:
-        log.warning("pycs of %s not cached: %s", art.wheel.name, exc)
+        log.warning("pycs of %s not cached: %s", what, exc)
     remove_tree(staging)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 import struct
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,10 @@ def host_records(needs: HostNeeds, optional: Iterable[str] = ()) -> list[tuple[s
     return records
 
 
+# (DT_NEEDED, RPATH+RUNPATH entries, GLIBC versions, {needed file: version names})
+ElfRead = tuple[list[str], list[str], set[str], dict[str, set[str]]]
+
+
 def _is_elf(path: Path) -> bool:
     try:
         with path.open("rb") as f:
@@ -68,7 +72,7 @@ def _is_elf(path: Path) -> bool:
         return False
 
 
-def _read_elf(path: Path) -> tuple[list[str], list[str], set[str], dict[str, set[str]]]:
+def _read_elf(path: Path) -> ElfRead:
     """(DT_NEEDED, RPATH+RUNPATH entries, GLIBC versions, {needed file: version names}) of
     one ELF file; weak version needs left out."""
     from elftools.elf.dynamic import DynamicSection, DynamicSegment
@@ -135,25 +139,35 @@ def _ships(root: Path, present: set[str], rel: str) -> bool:
     return target.is_file() and target.is_relative_to(root.resolve())
 
 
-def scan(root: Path, relpaths: Iterable[str], not_elf: Collection[str] = ()) -> HostNeeds:
-    """Host needs of the ELF files among `relpaths` (regular files, POSIX, relative to root);
-    those in `not_elf` are known not to be ELF and are not opened."""
+def read_elf(path: Path) -> ElfRead | None:
+    """What the host scan reads from one file; None if it is not an ELF object (or one
+    pyelftools cannot read)."""
     from elftools.common.exceptions import ELFError
 
+    if not _is_elf(path):
+        return None
+    try:
+        return _read_elf(path)
+    except (ELFError, OSError, ValueError, struct.error, EOFError, IndexError, KeyError):
+        return None  # pyelftools raises a mix of these on truncated/corrupt files
+
+
+def scan(root: Path, relpaths: Iterable[str],
+         known: Mapping[str, ElfRead | None] | None = None) -> HostNeeds:
+    """Host needs of the ELF files among `relpaths` (regular files, POSIX, relative to root);
+    a file in `known` is taken as read there (the store's tree it came from read it)."""
     files = sorted(set(relpaths))
     present = set(files)
     shipped = {posixpath.basename(p) for p in files}
     libraries: dict[str, set[str]] = {}
     versions: dict[str, dict[str, set[str]]] = {}
     glibc: set[str] = set()
+    known = known or {}
     for rel in files:
-        path = root / rel
-        if rel in not_elf or not _is_elf(path):
+        got = known[rel] if rel in known else read_elf(root / rel)
+        if got is None:
             continue
-        try:
-            needed, search, glibcs, needs = _read_elf(path)
-        except (ELFError, OSError, ValueError, struct.error, EOFError, IndexError, KeyError):
-            continue  # pyelftools raises a mix of these on truncated/corrupt files
+        needed, search, glibcs, needs = got
         glibc |= glibcs
         dirs = _origin_dirs(rel, search)
         for soname in needed:

@@ -31,6 +31,14 @@ from .startup import Startup
 # A file recorded elsewhere (a store's tree): (mode, size, sha256 hex), by its path in the env.
 Known = dict[str, tuple[int, int, str]]
 
+
+class RecordMismatch(BuildError):
+    """A file taken from a record differs from it in mode or size."""
+
+    def __init__(self, rel: str) -> None:
+        super().__init__(f"{rel} differs from the record it was taken from")
+        self.rel = rel
+
 SCHEMA_PREFIX = "envbuild.manifest/"
 SCHEMA_VERSION = 1
 SCHEMA = f"{SCHEMA_PREFIX}{SCHEMA_VERSION}"
@@ -187,8 +195,8 @@ class TreeListing:
 def list_tree(root: Path, forbidden: bytes, known: Known | None = None) -> TreeListing:
     """Hash every file; refuse a tree in which any file still holds `forbidden` (the build
     dir's absolute path): such an env would break when moved. A file in `known` (recorded
-    when the store's tree it came from was installed, and checked there) with its recorded
-    mode and size is taken as recorded, not read again."""
+    when the store's tree it came from was installed) is taken as recorded, not read
+    again, once its mode and size are found as recorded (else `RecordMismatch`)."""
     known = known or {}
     lines = [FILES_SCHEMA + "\n"]
     regular: list[str] = []
@@ -204,7 +212,9 @@ def list_tree(root: Path, forbidden: bytes, known: Known | None = None) -> TreeL
                                     rel))
         elif stat.S_ISREG(st.st_mode):
             record = known.get(rel)
-            if record is not None and record[:2] == (stat.S_IMODE(st.st_mode), st.st_size):
+            if record is not None:
+                if record[:2] != (stat.S_IMODE(st.st_mode), st.st_size):
+                    raise RecordMismatch(rel)
                 lines.append(files_line("f", record[0], record[1], record[2], rel))
                 regular.append(rel)
                 continue

@@ -2,9 +2,12 @@
 (`trees/<wheel sha256>-<abi>-<version>/`), read-only, its pycs compiled, every file's
 mode, size and sha256 recorded; and an env's files linked, cloned or copied from them.
 
-A tree is checked (every recorded file present as a regular file with its size and mode,
-nothing added) each time an env is assembled from it; one that differs is discarded and
-installed again. Its record is bound to the wheel's sha256 (the lock's) by its name."""
+A tree's record is bound to the wheel's sha256 (the lock's) by the tree's name. Only
+recorded files are ever taken from a tree, each checked against its record (mode and size,
+as the files level checks an env) as it is put in place: a tree that differs raises
+`TreeDamaged`, and the build discards it and installs the wheel again. The manifest's
+digests come from the records, so a byte changed in a tree after it was recorded shows as a
+difference when the env is verified at the full level."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from .errors import BuildError, InputError
 from .fsutil import publish_dir, remove_tree
+from .hostreq import ElfRead, read_elf
 from .interpreter import Interpreter
 from .manifest import Known
 from .sidecars import FILES_SCHEMA, files_line, read_files, walk
@@ -51,11 +55,19 @@ def identity() -> str:
 class Tree:
     path: Path
     files: Known
-    elf: frozenset[str]     # the files that are ELF objects (for the host scan)
+    elf: dict[str, ElfRead]     # what the host scan reads from each ELF object
 
     @property
     def root(self) -> Path:
         return self.path / ROOT
+
+
+def installed(store: Store, interp: Interpreter) -> Callable[[str], bool]:
+    """Whether a wheel of a sha256 is installed in the store's trees for `interp`."""
+    def check(digest: str) -> bool:
+        return os.path.isfile(os.path.join(
+            store.layout.tree_dir(digest, interp.abi, interp.version), INFO))
+    return check
 
 
 def trees_for(store: Store, artifacts: list[Artifact], interp: Interpreter,
@@ -82,27 +94,21 @@ def load_tree(where: Path) -> Tree | None:
     """The tree at `where` if it is there and intact; a damaged one is removed."""
     try:
         info = json.loads((where / INFO).read_text(encoding="utf-8"))
-        listing = (where / FILES).read_text(encoding="utf-8")
-    except (OSError, ValueError):
+        if info.get("format") != TREE_FORMAT:
+            raise ValueError(f"format {info.get('format')!r}")
+        files = {rel: (mode, size, digest) for rel, (_kind, mode, size, digest)
+                 in read_files((where / FILES).read_text(encoding="utf-8")).items()}
+        elf: dict[str, ElfRead] = {
+            rel: (needed, search, set(glibc), {k: set(v) for k, v in needs.items()})
+            for rel, (needed, search, glibc, needs) in info["elf"].items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         if where.exists():
-            _discard(where, "its record is unreadable")
+            discard(where, f"its record is unreadable ({exc})")
         return None
-    files = {rel: (mode, size, digest)
-             for rel, (_kind, mode, size, digest) in read_files(listing).items()}
-    seen = walk(str(where / ROOT))
-    for rel, (mode, size, _digest) in files.items():
-        st = seen.pop(rel, None)
-        if st is None or not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode \
-                or st.st_size != size:
-            _discard(where, f"{rel} differs from its record")
-            return None
-    if any(not stat.S_ISDIR(st.st_mode) for st in seen.values()):
-        _discard(where, f"{sorted(seen)[0]} was added")
-        return None
-    return Tree(where, files, frozenset(info.get("elf", ())))
+    return Tree(where, files, elf)
 
 
-def _discard(where: Path, why: str) -> None:
+def discard(where: Path, why: str) -> None:
     log.warning("%s: %s; installing the wheel again", where, why)
     remove_tree(where)
 
@@ -136,7 +142,7 @@ def _seal_tree(art: Artifact, where: Path, staging: Path) -> Tree:
     """Record the staged tree's files, make it read-only and publish it at `where`."""
     root = staging / ROOT
     forbidden = str(staging).encode()
-    lines, files, elf = [FILES_SCHEMA + "\n"], {}, []
+    lines, files, elf = [FILES_SCHEMA + "\n"], {}, {}
     for rel, st in sorted(walk(str(root)).items()):
         if stat.S_ISDIR(st.st_mode):
             os.chmod(root / rel, 0o555)
@@ -152,11 +158,16 @@ def _seal_tree(art: Artifact, where: Path, staging: Path) -> Tree:
         files[rel] = (mode, len(data), digest)
         lines.append(files_line("f", mode, len(data), digest, rel))
         if data[:4] == b"\x7fELF":
-            elf.append(rel)
+            got = read_elf(root / rel)
+            if got is not None:
+                elf[rel] = got
     (staging / FILES).write_text("".join(lines), encoding="utf-8")
     (staging / INFO).write_text(json.dumps(
         {"format": TREE_FORMAT, "wheel": art.wheel_sha256, "artifact": art.wheel.name,
-         "installer": identity(), "elf": elf}, sort_keys=True), encoding="utf-8")
+         "installer": identity(),
+         "elf": {rel: [needed, search, sorted(glibc), {k: sorted(v) for k, v in needs.items()}]
+                 for rel, (needed, search, glibc, needs) in elf.items()}},
+        sort_keys=True), encoding="utf-8")
     for name in (FILES, INFO):
         os.chmod(staging / name, 0o444)
     os.chmod(root, 0o555)
@@ -166,7 +177,7 @@ def _seal_tree(art: Artifact, where: Path, staging: Path) -> Tree:
         if tree is not None:
             return tree
         raise BuildError(f"{where}: expected the tree another build published, found none")
-    return Tree(where, files, frozenset(elf))
+    return Tree(where, files, elf)
 
 
 # ---- linking an env's files from the trees -------------------------------------------------
@@ -194,7 +205,7 @@ def _can_reflink(where: Path) -> bool:
         with open(src, "wb") as fh:
             fh.write(b"reflink probe\n")
         try:
-            _reflink(src, dst, 0o444)
+            _reflink(src, dst, (0o444, 14, ""))
         except OSError as exc:
             if exc.errno in _NO_REFLINK:
                 return False
@@ -202,12 +213,14 @@ def _can_reflink(where: Path) -> bool:
     return True
 
 
-def _reflink(src: str, dst: str, mode: int) -> None:
+def _reflink(src: str, dst: str, record: tuple[int, int, str]) -> bool:
     import fcntl
 
     fd_src = os.open(src, os.O_RDONLY)
     try:
-        fd_dst = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        if os.fstat(fd_src).st_size != record[1]:
+            return False
+        fd_dst = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, record[0])
         try:
             fcntl.ioctl(fd_dst, FICLONE, fd_src)
         except OSError:
@@ -217,55 +230,77 @@ def _reflink(src: str, dst: str, mode: int) -> None:
         os.close(fd_dst)
     finally:
         os.close(fd_src)
+    return True
 
 
-def _copy(src: str, dst: str, mode: int) -> None:
+def _copy(src: str, dst: str, record: tuple[int, int, str]) -> bool:
     with open(src, "rb") as fh:
         data = fh.read()
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    if len(data) != record[1]:
+        return False
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, record[0])
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+    return True
 
 
-def _hardlink(src: str, dst: str, _mode: int) -> None:
+def _hardlink(src: str, dst: str, record: tuple[int, int, str]) -> bool:
+    """The link; its mode and size (the tree's inode) are checked with the env's files."""
     os.link(src, dst)
+    return True
 
 
-_LINKERS: dict[str, Callable[[str, str, int], None]] = {
+_LINKERS: dict[str, Callable[[str, str, tuple[int, int, str]], bool]] = {
     "hardlink": _hardlink, "reflink": _reflink, "copy": _copy}
 
 
-def link_trees(trees: Iterable[Tree], root: Path, how: str) -> tuple[Known, set[str]]:
+class TreeDamaged(BuildError):
+    """A tree's file differs from its record."""
+
+    def __init__(self, tree: Path, rel: str) -> None:
+        super().__init__(f"{tree}: {rel} differs from its record")
+        self.tree = tree
+
+
+@dataclass(frozen=True)
+class Linked:
+    known: Known                        # every file put in place, as recorded
+    elf: dict[str, ElfRead | None]      # what the host scan reads from each (None: not ELF)
+    source: dict[str, Path]             # the tree each came from
+
+
+def link_trees(trees: Iterable[Tree], root: Path, how: str) -> Linked:
     """Every tree's files put under `root` (a later tree's file replaces an earlier one's,
-    as a later install does); what was put there, as recorded, and which are ELF."""
+    as a later install does)."""
+    chosen: dict[str, Tree] = {}
+    for tree in trees:
+        for rel in tree.files:
+            chosen[rel] = tree
+    base = str(root) + "/"
+    parents = {rel.rpartition("/")[0] for rel in chosen}
+    for rel in sorted({"/".join(p.split("/")[:n]) for p in parents if p
+                       for n in range(1, p.count("/") + 2)}):
+        try:
+            os.mkdir(base + rel)
+        except FileExistsError:
+            pass
     linker = _LINKERS[how]
     known: Known = {}
-    elf: set[str] = set()
-    made: set[str] = set()
-    base = str(root)
-    for tree in trees:
-        src_root = str(tree.root)
-        for rel, record in tree.files.items():
-            parent = rel.rpartition("/")[0]
-            if parent not in made:
-                os.makedirs(os.path.join(base, parent), exist_ok=True)
-                made.add(parent)
-            src, dst = os.path.join(src_root, rel), os.path.join(base, rel)
-            try:
-                linker(src, dst, record[0])
-            except FileExistsError:
-                os.unlink(dst)
-                linker(src, dst, record[0])
-            except OSError as exc:
-                raise BuildError(f"--link {how}: could not put {rel} in the env from "
-                                 f"{tree.path}: {exc.strerror}") from None
-            known[rel] = record
-            if rel in tree.elf:
-                elf.add(rel)
-            else:
-                elf.discard(rel)
-    return known, elf
+    elf: dict[str, ElfRead | None] = {}
+    for rel, tree in chosen.items():
+        record = tree.files[rel]
+        try:
+            if not linker(f"{tree.path}/{ROOT}/{rel}", base + rel, record):
+                raise TreeDamaged(tree.path, rel)
+        except FileNotFoundError:
+            raise TreeDamaged(tree.path, rel) from None
+        except OSError as exc:
+            raise BuildError(f"--link {how}: could not put {rel} in the env from "
+                             f"{tree.path}: {exc.strerror}") from None
+        known[rel] = record
+        elf[rel] = tree.elf.get(rel)
+    return Linked(known, elf, {rel: tree.path for rel, tree in chosen.items()})

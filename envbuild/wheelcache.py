@@ -61,9 +61,12 @@ class Artifact:
 
 class WheelCache:
     def __init__(self, store: Store, interp: Interpreter, recipe: Recipe, offline: bool,
-                 progress: Progress) -> None:
+                 progress: Progress, installed: Callable[[str], bool] = lambda _d: False
+                 ) -> None:
+        """`installed(digest)`: a wheel of that sha256 is installed in one of the store's
+        trees (bound to that digest), so the build does not read it: it is not hashed."""
         self.store, self.interp, self.recipe = store, interp, recipe
-        self.offline, self.progress = offline, progress
+        self.offline, self.progress, self.installed = offline, progress, installed
         self.tags = interp.supported_tags()
 
     def fill(self, entries: list[LockEntry]) -> list[Artifact]:
@@ -101,6 +104,9 @@ class WheelCache:
                 continue
             for path in folder.iterdir():
                 if path.name == ORIGIN:
+                    continue
+                if path.suffix == ".whl" and self.installed(digest):
+                    candidates.append((path, digest))
                     continue
                 found = file_digest(str(path))
                 if found != digest:
