@@ -50,9 +50,9 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         _install(tmp, artifacts, store.tmp)
     install_launcher(tmp, interp)
     _relocate(tmp, interp)
-    progress("compiling bytecode")
     compile_launch(tmp, tmp / LAUNCH_DIR, interp, store)
     if link is None:
+        progress("compiling bytecode")
         compile_env(tmp, interp.site, artifacts, interp, store)
     else:
         _normalize_files(tmp)   # the venv's and the launch code's; the trees' come right

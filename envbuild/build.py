@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .carried import launcher_digest
-from .errors import CacheIntegrityError, InputError
+from .errors import BuildError, CacheIntegrityError, InputError
 from .fsutil import publish_dir, remove_tree
 from .interpreter import Interpreter, probe
 from .layout import MANIFEST, mark_used
@@ -64,6 +64,10 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
     if installer not in INSTALLERS:
         raise InputError(f"--installer: expected one of {', '.join(INSTALLERS)}, "
                          f"found {installer!r}")
+    from .trees import LINK_MODES, resolve_link
+
+    if link is not None and link not in LINK_MODES:
+        raise InputError(f"--link: expected one of {', '.join(LINK_MODES)}, found {link!r}")
     if installer == "pip" and link is not None:
         raise InputError(f"--link {link}: expected with --installer trees (pip copies)")
     recipe = load_recipe(recipe_path)
@@ -76,8 +80,6 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
         raise CacheIntegrityError(f"--offline: the store {where} has no "
                                   "wheel cache yet; build once without --offline to fill it")
     if installer == "trees":
-        from .trees import resolve_link
-
         # the temp dir is where an env is put together; probed before anything is built
         link = resolve_link(link, Store.locate(store_dir).tmp)
     return _build_in(Store.locate(store_dir), recipe, lock, interp, offline, progress,
@@ -131,8 +133,10 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
                 break
             except BaseException as exc:
                 remove_tree(tmp)
-                if attempt == 2 or not _discard_damaged(exc, progress):
+                if not _discard_damaged(exc, progress):
                     raise
+                if attempt == 2:
+                    raise BuildError(f"{exc}, again after it was installed anew") from None
     if replaced is not None:
         remove_tree(replaced)
     return _result(final, key, cached=False, moved=moved)

@@ -32,8 +32,9 @@ from .startup import Startup
 Known = dict[str, tuple[int, int, str]]
 
 
-class RecordMismatch(BuildError):
-    """A file taken from a record differs from it in mode or size."""
+class RecordMismatch(Exception):
+    """A file taken from a record differs from it in mode or size (the builder's to
+    handle: not one of the errors a user sees)."""
 
     def __init__(self, rel: str) -> None:
         super().__init__(f"{rel} differs from the record it was taken from")

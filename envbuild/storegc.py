@@ -3,7 +3,9 @@
 Goes: an env whose mark of use (`used/<name>-<key>`, touched by every build, reuse and
 launch) is older than the window; every dir a build or gc moved aside (`envs/.damaged-*`,
 `.replaced-*`, `.removed-*`); a build dir (`envs/.tmp-*`) or a scratch dir (`tmp/*`) older
-than a day whose builder is gone. Stays: an env used within the window, an env without a
+than a day whose builder is gone; an installed wheel (`trees/*`) no build used within the
+window, when no build runs (an env never needs its trees once built: a hardlinked file
+keeps its inode). Stays: an env used within the window, an env without a
 mark yet (its clock starts now), anything whose key a live build holds the lock of.
 
 An env is first renamed aside under its build lock (a launch that starts after that finds
@@ -88,6 +90,11 @@ def gc(store_dir: Path | None = None, keep_days: float = DEFAULT_KEEP_DAYS,
             path = Path(store.tmp) / entry
             if _age(path, now) > STALE_SECONDS:
                 _remove(path, "scratch left over by a build that is gone", result)
+        for entry in sorted(os.listdir(store.trees)) if os.path.isdir(store.trees) else []:
+            path = Path(store.trees) / entry
+            if _age(path, now) > now - cutoff:
+                _remove(path, f"an installed wheel no build used since "
+                        f"{utc(path.lstat().st_mtime)}", result)
     if not dry_run:
         _drop_orphan_marks(store)
     return result

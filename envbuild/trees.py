@@ -82,6 +82,7 @@ def trees_for(store: Store, artifacts: list[Artifact], interp: Interpreter,
             missing.append((art, where))
         else:
             found[art.wheel_sha256] = tree
+            _mark_used(where)
     if missing:
         progress(f"installing {len(missing)} of {len(artifacts)} wheels into the store "
                  "(once per wheel and Python)")
@@ -106,6 +107,14 @@ def load_tree(where: Path) -> Tree | None:
             discard(where, f"its record is unreadable ({exc})")
         return None
     return Tree(where, files, elf)
+
+
+def _mark_used(where: Path) -> None:
+    """The tree's mtime is its last use by a build, which `envbuild gc` reads."""
+    try:
+        os.utime(where)
+    except OSError as exc:   # a store shared read-only: gc just sees an older use
+        log.debug("%s: mark of use not set: %s", where, exc)
 
 
 def discard(where: Path, why: str) -> None:
@@ -186,8 +195,6 @@ def _seal_tree(art: Artifact, where: Path, staging: Path) -> Tree:
 def resolve_link(how: str | None, where: Path) -> str:
     """The link mode to use in `where` (the store's temp dir): `how` if the file system
     can do it; by default reflink where it can, else copy."""
-    if how is not None and how not in LINK_MODES:
-        raise InputError(f"--link: expected one of {', '.join(LINK_MODES)}, found {how!r}")
     if how in ("hardlink", "copy"):
         return how
     if _can_reflink(where):
@@ -258,8 +265,9 @@ _LINKERS: dict[str, Callable[[str, str, tuple[int, int, str]], bool]] = {
     "hardlink": _hardlink, "reflink": _reflink, "copy": _copy}
 
 
-class TreeDamaged(BuildError):
-    """A tree's file differs from its record."""
+class TreeDamaged(Exception):
+    """A tree's file differs from its record (the build discards the tree and installs the
+    wheel again; a second time is a BuildError)."""
 
     def __init__(self, tree: Path, rel: str) -> None:
         super().__init__(f"{tree}: {rel} differs from its record")

@@ -1,0 +1,266 @@
+"""Builds from the store's installed trees (`--installer trees`, the default): the same
+tree as pip's install, byte for byte, on every Python; link modes; a one-package change
+that installs one wheel; damaged trees found and installed again; gc of linked envs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cli, envbuild, write_recipe
+from pkgindex import LocalIndex
+from test_interpreter import pyenv_python
+
+MANIFEST = "envbuild-manifest.json"
+
+# A wheel with what pip treats specially: a platlib root, .data scripts (one with a
+# `#!python` line pip rewrites, one shell script, one setuptools wrapper pip leaves out for
+# its own), headers, data files, purelib files in .data, console and gui entry points, an
+# executable file, and a file its RECORD does not list.
+ODD_FILES: dict[str, tuple[bytes, int]] = {
+    "odd/__init__.py": (b'def main() -> None:\n    print("odd")\n', 0o644),
+    "odd/cli.py": (b"def run() -> int:\n    return 0\n", 0o644),
+    "odd/tool.sh": (b"#!/bin/sh\necho tool\n", 0o755),
+    "odd/unrecorded.txt": (b"not in RECORD\n", 0o644),
+    "odd-1.0.data/scripts/odd-run": (b"#!python\nimport odd\nodd.main()\n", 0o755),
+    "odd-1.0.data/scripts/odd-sh": (b"#!/bin/sh\necho odd\n", 0o755),
+    "odd-1.0.data/scripts/oddtool": (b"#!python\n# setuptools' wrapper\n", 0o755),
+    "odd-1.0.data/headers/odd.h": (b"#define ODD 1\n", 0o644),
+    "odd-1.0.data/data/share/odd/README": (b"odd data\n", 0o644),
+    "odd-1.0.data/purelib/odd_pure.py": (b"PURE = True\n", 0o644),
+    "odd-1.0.dist-info/METADATA": (b"Metadata-Version: 2.1\nName: odd\nVersion: 1.0\n", 0o644),
+    "odd-1.0.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: test\n"
+                                b"Root-Is-Purelib: false\nTag: py3-none-any\n", 0o644),
+    "odd-1.0.dist-info/entry_points.txt": (b"[console_scripts]\noddtool = odd:main\n"
+                                           b"odd-cli = odd.cli:run\n\n"
+                                           b"[gui_scripts]\noddgui = odd:main\n", 0o644),
+}
+
+
+def odd_wheel(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path, (data, _mode) in ODD_FILES.items():
+        if path != "odd/unrecorded.txt":
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            rows.append(f"{path},sha256={digest.decode()},{len(data)}\n")
+    rows.append("odd-1.0.dist-info/RECORD,,\n")
+    wheel = dest / "odd-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, (data, mode) in [*ODD_FILES.items(),
+                                   ("odd-1.0.dist-info/RECORD", ("".join(rows).encode(), 0o644))]:
+            info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = (0o100000 | mode) << 16
+            archive.writestr(info, data)
+    return wheel
+
+
+def build_json(*args: str | Path) -> dict[str, Any]:
+    res = cli("build", *args, "--json")
+    assert res.exit_code == 0, res.stderr
+    info: dict[str, Any] = json.loads(res.stdout)
+    return info
+
+
+def manifest_of(env: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((env / MANIFEST).read_bytes())
+    return data
+
+
+def same_but_key(pip_env: Path, trees_env: Path) -> None:
+    """The two envs hold the same tree, sidecars and manifest, but for the installer's
+    identity in env_key."""
+    a, b = manifest_of(pip_env), manifest_of(trees_env)
+    assert a["env_key"] != b["env_key"]
+    assert {k: v for k, v in a.items() if k != "env_key"} == \
+        {k: v for k, v in b.items() if k != "env_key"}
+    assert (pip_env / ".envbuild" / "files").read_bytes() == \
+        (trees_env / ".envbuild" / "files").read_bytes()
+
+
+def trees_in(store: Path) -> set[str]:
+    return {p.name for p in (store / "trees").iterdir()} if (store / "trees").is_dir() else set()
+
+
+@pytest.fixture(scope="module")
+def odd_recipe(tmp_path_factory: pytest.TempPathFactory, index: LocalIndex) -> Path:
+    """A recipe of the odd wheel (find-links) and two of the local index's, locked."""
+    work = tmp_path_factory.mktemp("odd")
+    odd_wheel(work / "wheels")
+    recipe = write_recipe(work, index, deps=["odd", "beta", "pthpkg"], name="odd")
+    text = recipe.read_text()
+    recipe.write_text(text.replace("[index]\n", '[index]\nfind-links = ["wheels/"]\n'))
+    res = cli("lock", recipe)
+    assert res.exit_code == 0, res.stderr
+    return recipe
+
+
+# ---- the same tree as pip's ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@pytest.mark.parametrize("version", ["3.9", "3.10", "3.11", "3.12", "3.13"])
+def test_trees_build_the_tree_pip_installs(tmp_path: Path, odd_recipe: Path,
+                                           tools_store: Path, version: str) -> None:
+    """pip's layout in every detail the odd wheel exercises, on every Python."""
+    python = pyenv_python(version)
+    recipe = tmp_path / "odd.toml"
+    recipe.write_text(odd_recipe.read_text())
+    (tmp_path / "wheels").symlink_to(odd_recipe.parent / "wheels")
+    res = envbuild("lock", recipe, "--python", python, "--store", tools_store)
+    assert res.returncode == 0, res.stderr
+    store = tmp_path / "store"
+    pip_env = Path(build_json(recipe, "--store", store, "--python", python,
+                              "--installer", "pip")["path"])
+    trees_env = Path(build_json(recipe, "--store", store, "--python", python,
+                                "--link", "copy")["path"])
+    same_but_key(pip_env, trees_env)
+    site = next((trees_env / "lib").glob("python3.*/site-packages"))
+    # what pip does, seen in the result
+    assert (trees_env / "bin" / "odd-run").read_bytes().endswith(b"\nimport odd\nodd.main()\n")
+    assert b"setuptools' wrapper" not in (trees_env / "bin" / "oddtool").read_bytes()
+    assert (trees_env / "bin" / "oddgui").is_file()
+    xy = version
+    assert (trees_env / "include" / "site" / f"python{xy}" / "odd" / "odd.h").is_file()
+    assert (trees_env / "share" / "odd" / "README").is_file()
+    assert (site / "odd_pure.py").is_file()
+    assert (site / "odd-1.0.dist-info" / "INSTALLER").read_text() == "pip\n"
+    record = (site / "odd-1.0.dist-info" / "RECORD").read_text()
+    assert "odd/unrecorded.txt,,\n" in record
+    assert stat.S_IMODE((site / "odd" / "tool.sh").stat().st_mode) == 0o555
+    res = envbuild("verify", trees_env, "--level", "full")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = envbuild("run", trees_env, "--", "odd-run")
+    assert (res.returncode, res.stdout) == (0, "odd\n"), res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_every_recipe_builds_the_same_tree_both_ways(tmp_path: Path) -> None:
+    """recipes/: pip's install kept as the reference, from one wheel cache."""
+    store = tmp_path / "store"
+    for recipe in sorted((Path(__file__).parent.parent / "recipes").glob("*.toml")):
+        pip_env = Path(build_json(recipe, "--store", store, "--installer", "pip")["path"])
+        trees_env = Path(build_json(recipe, "--store", store)["path"])
+        same_but_key(pip_env, trees_env)
+        res = envbuild("verify", trees_env, "--level", "full")
+        assert res.returncode == 0, f"{recipe.name}: {res.stdout}{res.stderr}"
+
+
+# ---- link modes ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_link_modes_give_one_manifest(tmp_path: Path, odd_recipe: Path) -> None:
+    recipe = odd_recipe
+    store = tmp_path / "store"
+    first = build_json(recipe, "--store", store, "--link", "hardlink")
+    env = Path(first["path"])
+    site = next((env / "lib").glob("python3.*/site-packages"))
+    tree_file = next((store / "trees").glob("*/root/lib/python3.*/site-packages/odd/cli.py"))
+    assert (site / "odd" / "cli.py").stat().st_ino == tree_file.stat().st_ino
+    for how in ("copy", None):
+        again = build_json(recipe, "--store", store, "--force",
+                           *(["--link", how] if how else []))
+        assert again["manifest_digest"] == first["manifest_digest"]
+        assert (site / "odd" / "cli.py").stat().st_ino != tree_file.stat().st_ino
+        assert stat.S_IMODE((site / "odd" / "cli.py").stat().st_mode) == 0o444
+    res = envbuild("verify", env, "--level", "full")
+    assert res.returncode == 0, res.stdout
+
+
+def test_reflink_where_the_file_system_has_none_exits_2(tmp_path: Path,
+                                                        odd_recipe: Path) -> None:
+    store = tmp_path / "store"
+    res = envbuild("build", odd_recipe, "--store", store, "--link", "reflink")
+    assert res.returncode == 2, res.stderr
+    assert "--link reflink: expected a file system with reflinks" in res.stderr
+    assert "--link copy" in res.stderr
+    assert not (store / "envs").is_dir() or not any((store / "envs").iterdir())
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--link", "symlink"], "--link: expected one of hardlink, reflink, copy, found 'symlink'"),
+    (["--installer", "uv"], "--installer: expected one of trees, pip, found 'uv'"),
+    (["--installer", "pip", "--link", "copy"], "--link copy: expected with --installer trees"),
+])
+def test_bad_link_or_installer_exits_2(tmp_path: Path, odd_recipe: Path, args: list[str],
+                                       words: str) -> None:
+    res = envbuild("build", odd_recipe, "--store", tmp_path / "store", *args)
+    assert res.returncode == 2, res.stderr
+    assert words in res.stderr
+    assert not (tmp_path / "store" / "envs").exists()
+
+
+# ---- one package changed, damage, gc ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_one_package_change_installs_one_wheel(tmp_path: Path, index: LocalIndex) -> None:
+    store = tmp_path / "store"
+    old = write_recipe(tmp_path / "a", index, deps=["beta", "alpha==1.0", "gamma"])
+    assert cli("lock", old).exit_code == 0
+    build_json(old, "--store", store)
+    before = trees_in(store)
+    new = write_recipe(tmp_path / "b", index, deps=["beta", "alpha==2.0", "gamma"])
+    assert cli("lock", new).exit_code == 0
+    res = envbuild("build", new, "--store", store)
+    assert res.returncode == 0, res.stderr
+    assert "installing 1 of 3 wheels into the store" in res.stderr
+    assert len(trees_in(store) - before) == 1
+    alpha2 = index.find_links / "alpha-2.0-py3-none-any.whl"
+    assert hashlib.sha256(alpha2.read_bytes()).hexdigest() in \
+        "".join(trees_in(store) - before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["hardlink", "copy"])
+def test_a_damaged_tree_is_installed_again(tmp_path: Path, odd_recipe: Path, how: str) -> None:
+    store = tmp_path / "store"
+    env = Path(build_json(odd_recipe, "--store", store, "--link", how)["path"])
+    good = manifest_of(env)
+    victim = next((store / "trees").glob("*/root/lib/python3.*/site-packages/odd/cli.py"))
+    os.chmod(victim, 0o644)
+    victim.write_bytes(victim.read_bytes() + b"# changed\n")
+    os.chmod(victim, 0o444)
+    res = envbuild("build", odd_recipe, "--store", store, "--link", how, "--force")
+    assert res.returncode == 0, res.stderr
+    assert "differs from its record; installing that wheel again" in res.stderr
+    assert manifest_of(env) == good
+    assert b"# changed" not in (env / victim.relative_to(victim.parents[4])).read_bytes()
+    res = envbuild("verify", env, "--level", "full")
+    assert res.returncode == 0, res.stdout
+
+
+@pytest.mark.slow
+def test_gc_of_a_hardlinked_env_leaves_the_trees_modes(tmp_path: Path,
+                                                       odd_recipe: Path) -> None:
+    store = tmp_path / "store"
+    env = Path(build_json(odd_recipe, "--store", store, "--link", "hardlink")["path"])
+    files = [p for p in (store / "trees").rglob("*") if p.is_file()]
+    modes = {p: (stat.S_IMODE(p.stat().st_mode), p.stat().st_nlink) for p in files}
+    assert any(nlink > 1 for _mode, nlink in modes.values())
+    old = os.stat(store).st_mtime - 10 * 86400
+    os.utime(store / "used" / env.name, (old, old))
+    stale = sorted((store / "trees").iterdir())[0]     # no build used it for ten days
+    os.utime(stale, (old, old))
+    res = envbuild("gc", "--store", store, "--keep-days", "1")
+    assert res.returncode == 0, res.stderr
+    assert not env.exists() and not stale.exists()
+    files = [p for p in files if stale not in p.parents]
+    assert {p: stat.S_IMODE(p.stat().st_mode) for p in files} == \
+        {p: modes[p][0] for p in files}
+    res = envbuild("build", odd_recipe, "--store", store, "--link", "hardlink")
+    assert res.returncode == 0, res.stderr
+    assert "installing 1 of 4 wheels into the store" in res.stderr   # the stale one
+    res = envbuild("verify", res.stdout.strip(), "--level", "full")
+    assert res.returncode == 0, res.stdout
