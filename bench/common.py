@@ -111,11 +111,14 @@ def recipe_copy(recipe: Path, where: Path, pins: dict[str, str]) -> Path:
     """`recipe` in `where` (same name, so the same env dir name), with `pins` (a
     requirement's version part per name) added to its dependencies; locked if stale."""
     text = recipe.read_text()
-    anchor = "dependencies = [\n"
+    anchor = "dependencies = ["
     if anchor not in text:
-        sys.exit(f"bench: {recipe}: expected a line `dependencies = [` to add the pins after")
+        sys.exit(f"bench: {recipe}: expected `dependencies = [` to add the pins after")
     lines = "".join(f'    "{name}{spec}",\n' for name, spec in sorted(pins.items()))
-    text = text.replace(anchor, anchor + lines, 1)
+    if anchor + "\n" in text:
+        text = text.replace(anchor + "\n", anchor + "\n" + lines, 1)
+    else:   # the list on one line: the pins go on lines of their own before its items
+        text = text.replace(anchor, anchor + "\n" + lines + "    ", 1)
     where.mkdir(parents=True, exist_ok=True)
     copy = where / recipe.name
     if not copy.exists() or copy.read_text() != text:
