@@ -33,6 +33,7 @@ from common import (  # noqa: E402
     ensure_env,
     ensure_lock,
     interleave,
+    locked,
     machine,
     markdown_table,
     median,
@@ -41,16 +42,10 @@ from common import (  # noqa: E402
 
 WORK = OUT / "diff"
 PYTHON = str(Path(ENVBUILD).parent / "python")   # the dev venv's, for `python -m pip`
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.M)
 
 DIFF = "`envbuild diff A B`"
 DIFF_FILES = "`envbuild diff A B --files`"
 FREEZE = "diff <(pip freeze --path A) <(pip freeze --path B)"
-
-
-def locked(lock: Path) -> dict[str, str]:
-    """{name: version} of a lock."""
-    return {name.lower(): version for name, version in _PIN.findall(lock.read_text())}
 
 
 def pip_env() -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import stat
@@ -96,6 +97,64 @@ def ensure_lock(recipe: Path) -> None:
         return
     print(f"bench: locking {recipe} (real index)", file=sys.stderr)
     run_checked([ENVBUILD, "lock", str(recipe)], env, f"envbuild lock {recipe}")
+
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.M)
+
+
+def locked(lock: Path) -> dict[str, str]:
+    """{name: version} of a lock."""
+    return {name.lower(): version for name, version in _PIN.findall(lock.read_text())}
+
+
+def recipe_copy(recipe: Path, where: Path, pins: dict[str, str]) -> Path:
+    """`recipe` in `where` (same name, so the same env dir name), with `pins` (a
+    requirement's version part per name) added to its dependencies; locked if stale."""
+    text = recipe.read_text()
+    anchor = "dependencies = ["
+    if anchor not in text:
+        sys.exit(f"bench: {recipe}: expected `dependencies = [` to add the pins after")
+    lines = "".join(f'    "{name}{spec}",\n' for name, spec in sorted(pins.items()))
+    if anchor + "\n" in text:
+        text = text.replace(anchor + "\n", anchor + "\n" + lines, 1)
+    else:   # the list on one line: the pins go on lines of their own before its items
+        text = text.replace(anchor, anchor + "\n" + lines + "    ", 1)
+    where.mkdir(parents=True, exist_ok=True)
+    copy = where / recipe.name
+    if not copy.exists() or copy.read_text() != text:
+        copy.write_text(text)
+    ensure_lock(copy)
+    return copy
+
+
+def pinned_copy(recipe: Path, where: Path, package: str, spec: str) -> tuple[Path, str]:
+    """A copy of `recipe` in `where` that pins every distribution of its lock to the locked
+    version and `package` to `spec` (`<1.2` takes the newest release below), locked; checked
+    to differ from the recipe's lock in `package` alone. (copy, `package`'s version in it)"""
+    versions = locked(recipe.with_suffix(".lock"))
+    name = package.lower()
+    if name not in versions:
+        sys.exit(f"bench: {package}: not in {recipe.with_suffix('.lock')} "
+                 f"(expected one of {', '.join(sorted(versions))})")
+    copy = recipe_copy(recipe, where, {**{n: f"=={v}" for n, v in versions.items()},
+                                       name: spec})
+    got = locked(copy.with_suffix(".lock"))
+    differ = sorted(n for n in versions.keys() | got.keys()
+                    if n != name and versions.get(n) != got.get(n))
+    if differ or name not in got:
+        sys.exit(f"bench: {copy.with_suffix('.lock')} should differ from the recipe's lock in "
+                 f"{name} alone, found: {differ or [name + ' missing']}")
+    return copy, got[name]
+
+
+def upgrade_pair(recipe: Path, where: Path, package: str) -> tuple[Path, Path, str]:
+    """Two copies of `recipe` whose locks differ in `package` alone: `where/old` asks for a
+    release below the locked one, `where/new` for the locked one. (old, new, "P a → b")"""
+    name = package.lower()
+    locked_version = locked(recipe.with_suffix(".lock")).get(name, "")
+    new, after = pinned_copy(recipe, where / "new", name, f"=={locked_version}")
+    old, before = pinned_copy(recipe, where / "old", name, f"<{after}")
+    return old, new, f"{name} {before} → {after}"
 
 
 def envbuild_package() -> Path:

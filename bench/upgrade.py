@@ -9,38 +9,13 @@ differ in that package alone, and the upgrade is old → new."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from common import ENVBUILD, base_env, ensure_lock
+from common import ENVBUILD, base_env, upgrade_pair
 from engines import Engine, Registry, fail
 from imagetasks import json_line, phases, run_marked
-
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.M)
-
-
-def locked(lock: Path) -> dict[str, str]:
-    """{name: version} of a lock."""
-    return {name.lower(): version for name, version in _PIN.findall(lock.read_text())}
-
-
-def recipe_copy(recipe: Path, where: Path, pins: dict[str, str]) -> Path:
-    """`recipe` in `where` (same name, so the same env dir in the image), with `pins` (a
-    requirement's version part per name) added to its dependencies; locked if stale."""
-    text = recipe.read_text()
-    anchor = "dependencies = [\n"
-    if anchor not in text:
-        fail(f"{recipe}: expected a line `dependencies = [` to add the pins after")
-    lines = "".join(f'    "{name}{spec}",\n' for name, spec in sorted(pins.items()))
-    text = text.replace(anchor, anchor + lines, 1)
-    where.mkdir(parents=True, exist_ok=True)
-    copy = where / recipe.name
-    if not copy.exists() or copy.read_text() != text:
-        copy.write_text(text)
-    ensure_lock(copy)
-    return copy
 
 
 def compressed(store: Path, diff_id: str) -> int:
@@ -60,19 +35,8 @@ def push(recipe: Path, tag: str, base: str, store: Path, engine: Engine
 
 def push_rows(engine: Engine, registry: Registry, recipe: Path, work: Path, store: Path,
               base: str, package: str) -> dict[str, Any]:
-    versions = locked(recipe.with_suffix(".lock"))
-    name = package.lower()
-    if name not in versions:
-        fail(f"--upgrade-package {package}: not in {recipe.with_suffix('.lock')} "
-             f"(expected one of {', '.join(sorted(versions))})")
-    pins = {n: f"=={v}" for n, v in versions.items()}
     where = work / "upgrade"
-    new = recipe_copy(recipe, where / "new", pins)
-    old = recipe_copy(recipe, where / "old", {**pins, name: f"<{versions[name]}"})
-    before, after = locked(old.with_suffix(".lock")), locked(new.with_suffix(".lock"))
-    differ = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
-    if differ != [name]:
-        fail(f"the two locks should differ in {name} alone, found: {differ}")
+    old, new, upgrade = upgrade_pair(recipe, where, package)
     repo = f"{registry.host}/bench/webclient"
     first, first_phases, first_ms = push(old, f"{repo}:1", base, store, engine)
     second, second_phases, second_ms = push(new, f"{repo}:2", base, store, engine)
@@ -91,7 +55,6 @@ def push_rows(engine: Engine, registry: Registry, recipe: Path, work: Path, stor
     layers = [{"created_by": h["CreatedBy"], "size": int(h["Size"]), "diff_id": d,
                "blob_bytes": compressed(store, d), "changed": d in changed}
               for h, d in zip(history, env2)]
-    upgrade = f"{name} {before[name]} → {after[name]}"
     result: dict[str, Any] = {
         "upgrade": upgrade, "first": first, "second": second,
         "base_blob_bytes": base_bytes, "env_blob_bytes": env_bytes,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from pkgindex import LocalIndex, build_index
 from typer.testing import CliRunner
+from xfsmount import xfs_dir_fixture, xfs_tmp_path_fixture  # noqa: F401
 
 from envbuild.cli import app
 
