@@ -115,12 +115,7 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
         from .assemble import assemble
         from .wheelcache import WheelCache
 
-        cache = WheelCache(store, interp, recipe, offline, progress)
-        if link is not None:
-            from .trees import installed
-
-            cache.installed = installed(store, interp)
-        artifacts = cache.fill(entries)
+        artifacts = WheelCache(store, interp, recipe, offline, progress).fill(entries)
         for attempt in (1, 2):
             tmp = Path(tempfile.mkdtemp(prefix=store.layout.tmp_env_prefix(recipe.name, key),
                                         dir=store.envs))

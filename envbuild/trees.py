@@ -62,14 +62,6 @@ class Tree:
         return self.path / ROOT
 
 
-def installed(store: Store, interp: Interpreter) -> Callable[[str], bool]:
-    """Whether a wheel of a sha256 is installed in the store's trees for `interp`."""
-    def check(digest: str) -> bool:
-        return os.path.isfile(os.path.join(
-            store.layout.tree_dir(digest, interp.abi, interp.version), INFO))
-    return check
-
-
 def trees_for(store: Store, artifacts: list[Artifact], interp: Interpreter,
               progress: Progress) -> list[Tree]:
     """One intact tree per artifact, in order, installing the missing ones."""

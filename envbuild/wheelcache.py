@@ -61,12 +61,9 @@ class Artifact:
 
 class WheelCache:
     def __init__(self, store: Store, interp: Interpreter, recipe: Recipe, offline: bool,
-                 progress: Progress, installed: Callable[[str], bool] = lambda _d: False
-                 ) -> None:
-        """`installed(digest)`: a wheel of that sha256 is installed in one of the store's
-        trees (bound to that digest), so the build does not read it: it is not hashed."""
+                 progress: Progress) -> None:
         self.store, self.interp, self.recipe = store, interp, recipe
-        self.offline, self.progress, self.installed = offline, progress, installed
+        self.offline, self.progress = offline, progress
         self.tags = interp.supported_tags()
 
     def fill(self, entries: list[LockEntry]) -> list[Artifact]:
@@ -104,9 +101,6 @@ class WheelCache:
                 continue
             for path in folder.iterdir():
                 if path.name == ORIGIN:
-                    continue
-                if path.suffix == ".whl" and self.installed(digest):
-                    candidates.append((path, digest))
                     continue
                 found = file_digest(str(path))
                 if found != digest:

@@ -698,13 +698,15 @@ def test_ambient_pip_configuration_changes_nothing(locked: Path, tmp_path: Path)
 @pytest.mark.slow
 def test_second_build_copies_each_wheels_pycs_from_the_store(tmp_path: Path,
                                                              index: LocalIndex) -> None:
-    """A wheel's pycs are compiled once per store and copied by later builds."""
+    """With pip installing (--installer pip), a wheel's pycs are compiled once per store and
+    copied by later builds."""
     recipe = write_recipe(tmp_path / "r", index)
     assert cli("lock", recipe).exit_code == 0
-    first = json.loads(cli("build", recipe, "--store", tmp_path / "s1", "--json").stdout)
+    pip = ("--installer", "pip")
+    first = json.loads(cli("build", recipe, "--store", tmp_path / "s1", "--json", *pip).stdout)
     pycs = tmp_path / "s1" / "pycs"
     entries = sorted(p.name for p in pycs.iterdir())
-    assert len(entries) == 6  # one per installed wheel
+    assert len(entries) == 7  # one per installed wheel, and the launch code's
     cached = next(pycs.glob("*/alpha/__pycache__/__init__.*.pyc"))
     assert not cached.stat().st_mode & 0o222
     # A second store sharing the wheel and pyc caches: same bytes, by copying.
@@ -716,7 +718,7 @@ def test_second_build_copies_each_wheels_pycs_from_the_store(tmp_path: Path,
     data = bytearray(marked.read_bytes())
     os.chmod(marked, 0o644)
     marked.write_bytes(bytes(data) + b"\0")  # a trailing byte only a copy would carry
-    second = json.loads(cli("build", recipe, "--store", second_store, "--json").stdout)
+    second = json.loads(cli("build", recipe, "--store", second_store, "--json", *pip).stdout)
     env_pyc = Path(second["path"]) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
         / "site-packages" / "alpha" / "__pycache__" / cached.name
     assert env_pyc.read_bytes() == bytes(data) + b"\0"
@@ -727,7 +729,7 @@ def test_second_build_copies_each_wheels_pycs_from_the_store(tmp_path: Path,
     third_store.mkdir()
     for sub in ("wheels", "built", "pycs"):
         shutil.copytree(second_store / sub, third_store / sub)
-    third = json.loads(cli("build", recipe, "--store", third_store, "--json").stdout)
+    third = json.loads(cli("build", recipe, "--store", third_store, "--json", *pip).stdout)
     assert third["manifest_digest"] == first["manifest_digest"]
 
 

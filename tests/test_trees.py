@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,30 @@ def test_gc_of_a_hardlinked_env_leaves_the_trees_modes(tmp_path: Path,
     assert "installing 1 of 4 wheels into the store" in res.stderr   # the stale one
     res = envbuild("verify", res.stdout.strip(), "--level", "full")
     assert res.returncode == 0, res.stdout
+
+
+@pytest.mark.slow
+def test_reflink_is_the_default_on_xfs(xfs_tmp_path: Path, tmp_path: Path,
+                                       odd_recipe: Path) -> None:
+    """On a file system with reflinks the env's files are clones: other inodes sharing the
+    store's blocks, each written on its own; the manifest is the copy's."""
+    store = xfs_tmp_path / "store"
+    res = envbuild("build", odd_recipe, "--store", store, "--json")
+    assert res.returncode == 0, res.stderr
+    assert "from the store (reflink)" in res.stderr
+    info = json.loads(res.stdout)
+    env = Path(info["path"])
+    tree_file = next(store.glob("trees/*/root/lib/python3.*/site-packages/odd/__init__.py"))
+    clone = env / tree_file.relative_to(tree_file.parents[4])
+    assert clone.stat().st_ino != tree_file.stat().st_ino
+    extents = subprocess.run(["filefrag", "-v", str(clone)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "shared" in extents, extents
+    copy = build_json(odd_recipe, "--store", tmp_path / "store", "--link", "copy")
+    assert copy["manifest_digest"] == info["manifest_digest"]
+    os.chmod(clone, 0o644)
+    with clone.open("ab") as fh:
+        fh.write(b"# written in the env\n")
+    assert b"written in the env" not in tree_file.read_bytes()
+    res = envbuild("verify", env, "--level", "full")
+    assert res.returncode == 1 and "odd/__init__.py" in res.stdout
