@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .carried import launcher_digest
+from .dlcache import DownloadCache
 from .errors import BuildError, CacheIntegrityError, InputError
 from .fsutil import publish_dir, remove_tree
 from .interpreter import Interpreter, probe
@@ -75,10 +76,13 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
     interp = probe(python)
     check_interpreter(recipe, lock, interp)
     where = Store.path_for(store_dir)
-    if offline and not Path(Store(where).layout.wheels).is_dir():
+    downloads = DownloadCache()
+    if (offline and not Path(Store(where).layout.wheels).is_dir()
+            and not downloads.holds_artifacts()):
         # refused before the store is created: bad input changes nothing on disk
-        raise CacheIntegrityError(f"--offline: the store {where} has no "
-                                  "wheel cache yet; build once without --offline to fill it")
+        raise CacheIntegrityError(f"--offline: neither the store {where} nor the download "
+                                  f"cache {downloads.root} holds any artifact yet; build "
+                                  "once without --offline to fill them")
     if installer == "trees":
         # the temp dir is where an env is put together; probed before anything is built
         link = resolve_link(link, Store.locate(store_dir).tmp)

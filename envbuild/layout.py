@@ -1,4 +1,4 @@
-"""Where things live: inside an env, in a store, in a staging root, in the per-user cache.
+"""Where things live: inside an env, in a store, in a staging root, in the per-user caches.
 
 The one module that knows these paths. Stdlib only and light to import (no pathlib, which
 pulls in `re`): the launch path finds run-record files and staging roots through it.
@@ -49,6 +49,30 @@ def host_cache_dir() -> str:
 
 
 _host_cache: list[object] = [None, ""]
+
+
+def download_cache_root() -> str:
+    """The per-user download cache every store of the user fills from: $ENVBUILD_CACHE if
+    set and non-empty, else `<user cache root>/downloads`. Absolute, `~` expanded; nothing
+    is created."""
+    chosen = os.environ.get("ENVBUILD_CACHE", "")
+    if not chosen:
+        chosen = os.path.join(user_cache_root(), "downloads")
+    return os.path.abspath(os.path.expanduser(chosen))
+
+
+class DownloadLayout:
+    """The paths of the download cache: `sha256/<hex>/FILE` (and its `.origin.json`), as a
+    store's `wheels/<hex>/`, and `tmp/` for downloads in progress (on the same file system,
+    so they are renamed into place). Nothing here touches the disk."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.artifacts = os.path.join(root, "sha256")
+        self.tmp = os.path.join(root, "tmp")
+
+    def artifact_dir(self, sha256: str) -> str:
+        return os.path.join(self.artifacts, _hex(sha256))
 
 
 # ---- a store -----------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The hash-checked wheel cache: every artifact is stored under its own sha256 and checked
 against the lock each time it is used; wheels built from sdists are cached by the sdist's
-hash. Nothing whose bytes do not match the lock is ever handed to the installer."""
+hash. Nothing whose bytes do not match the lock is ever handed to the installer. An artifact
+the store lacks comes from the user's download cache (`dlcache`) when that holds it, else
+it is downloaded there, and is linked into the store."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
+from .dlcache import ORIGIN, DownloadCache, checked_files, link_entry
 from .errors import BuildError, CacheIntegrityError, ToolError
 from .fsutil import publish_dir, remove_tree
 from .hashing import file_digest
@@ -36,8 +39,6 @@ Progress = Callable[[str], None]
 _DOWNLOADING = re.compile(r"\s*Downloading (\S+) \(([^)]+)\)")
 _NETWORK_TROUBLE = ("ConnectionError", "ReadTimeoutError", "Max retries exceeded",
                     "IncompleteRead", "Connection reset", "ProtocolError")
-
-ORIGIN = ".origin.json"   # beside a cached artifact: {"url": where it was downloaded from}
 
 
 def artifact_origin(wheel_dir: str) -> str | None:
@@ -61,9 +62,10 @@ class Artifact:
 
 class WheelCache:
     def __init__(self, store: Store, interp: Interpreter, recipe: Recipe, offline: bool,
-                 progress: Progress) -> None:
+                 progress: Progress, downloads: DownloadCache | None = None) -> None:
         self.store, self.interp, self.recipe = store, interp, recipe
         self.offline, self.progress = offline, progress
+        self.downloads = downloads if downloads is not None else DownloadCache()
         self.tags = interp.supported_tags()
 
     def fill(self, entries: list[LockEntry]) -> list[Artifact]:
@@ -76,48 +78,52 @@ class WheelCache:
         accepts, else an sdist) and its digest, downloading only what is missing."""
         found: dict[str, tuple[Path, str]] = {}
         missing: list[LockEntry] = []
+        shared = 0
         for entry in entries:
             hit = self._lookup(entry)
+            if hit is None:
+                hit = self._lookup_shared(entry)
+                shared += hit is not None
             if hit is None:
                 missing.append(entry)
             else:
                 found[entry.name] = hit
+        if shared:
+            self.progress(f"linked {shared} of {len(entries)} artifacts from the download "
+                          f"cache {self.downloads.root}")
         if missing:
             if self.offline:
                 names = ", ".join(f"{e.name}=={e.version}" for e in missing)
                 raise CacheIntegrityError(f"--offline: expected every artifact in the wheel "
-                                          f"cache, found none for {names}; build once without "
+                                          f"cache or the download cache {self.downloads.root}"
+                                          f", found none for {names}; build once without "
                                           "--offline to fill the cache")
             self.progress(f"downloading {len(missing)} of {len(entries)} artifacts")
             found.update(self._download(missing))
         return found
 
-    def _lookup(self, entry: LockEntry) -> tuple[Path, str] | None:
-        """A cached artifact of the entry whose bytes match the lock, and its digest."""
-        candidates: list[tuple[Path, str]] = []
-        for digest in entry.hashes:
-            folder = Path(self.store.layout.wheel_dir(digest))
-            if not folder.is_dir():
-                continue
-            for path in folder.iterdir():
-                if path.name == ORIGIN:
-                    continue
-                found = file_digest(str(path))
-                if found != digest:
-                    if self.offline:
-                        raise CacheIntegrityError(
-                            f"{path}: expected sha256 {digest} (from the lock), found "
-                            f"{found}; the cached file is corrupt and --offline "
-                            "forbids fetching it again; build without --offline")
-                    log.warning("%s: bytes no longer match the lock's hash; discarding it "
-                                "and fetching it again", path)
-                    remove_tree(folder)
-                    break
-                candidates.append((path, digest))
+    def _lookup(self, entry: LockEntry, where: Callable[[str], str] | None = None
+                ) -> tuple[Path, str] | None:
+        """A cached artifact of the entry whose bytes match the lock, and its digest: in
+        the store's wheel cache, or in the entry dirs `where` names."""
+        where = where or self.store.layout.wheel_dir
+        candidates = [(path, digest) for digest in entry.hashes
+                      for path in checked_files(Path(where(digest)), digest, self.offline)]
         wheels = [c for c in candidates if c[0].suffix == ".whl" and self._compatible(c[0].name)]
         sdists = [c for c in candidates if c[0].suffix != ".whl"]
         best = wheels or sdists
         return best[0] if best else None
+
+    def _lookup_shared(self, entry: LockEntry) -> tuple[Path, str] | None:
+        """The entry's artifact from the download cache, checked there and linked into the
+        store's wheel cache (hard links: one inode, checked once)."""
+        hit = self._lookup(entry, self.downloads.layout.artifact_dir)
+        if hit is None:
+            return None
+        path, digest = hit
+        folder = Path(self.store.layout.wheel_dir(digest))
+        link_entry(path.parent, folder, self.store.tmp)
+        return folder / path.name, digest
 
     def _compatible(self, filename: str) -> bool:
         try:
@@ -144,7 +150,10 @@ class WheelCache:
         return pip_argv(*args, *target)
 
     def _download(self, entries: list[LockEntry]) -> dict[str, tuple[Path, str]]:
-        tmp = Path(tempfile.mkdtemp(prefix="download-", dir=self.store.tmp))
+        """pip downloads into the download cache's temp dir (the store's when that cannot
+        be written); each checked file is published there, then linked into the store."""
+        shared = self.downloads.scratch()
+        tmp = shared or Path(tempfile.mkdtemp(prefix="download-", dir=self.store.tmp))
         try:
             reqs = tmp / "requirements.txt"
             reqs.write_text("".join(
@@ -172,7 +181,8 @@ class WheelCache:
                 if entry is None:
                     raise BuildError(f"{path.name}: pip downloaded a file whose sha256 "
                                      f"{digest} is not in the lock")
-                got[entry.name] = (self._adopt(path, digest, origins.get(digest)), digest)
+                got[entry.name] = (self._adopt(path, digest, origins.get(digest),
+                                               shared is not None), digest)
             return got
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -221,14 +231,22 @@ class WheelCache:
             log.warning("origin URLs of the downloads not recorded: %s", exc)
             return {}
 
-    def _adopt(self, path: Path, digest: str, url: str | None = None) -> Path:
-        """Move a checked download into its content-addressed place, with its origin."""
+    def _adopt(self, path: Path, digest: str, url: str | None, shared: bool) -> Path:
+        """Move a checked download into its content-addressed place, with its origin: into
+        the download cache and linked from there into the store (`shared`), else into the
+        store."""
         folder = Path(self.store.layout.wheel_dir(digest))
-        staging = Path(tempfile.mkdtemp(prefix="adopt-", dir=self.store.tmp))
+        scratch = self.downloads.layout.tmp if shared else self.store.tmp
+        staging = Path(tempfile.mkdtemp(prefix="adopt-", dir=scratch))
         os.replace(path, staging / path.name)
         if url:
             (staging / ORIGIN).write_text(json.dumps({"url": url}), encoding="utf-8")
-        if not publish_dir(staging, folder):
+        if shared:
+            source = self.downloads.publish(staging, path.name, digest)
+            link_entry(source, folder, self.store.tmp)
+            if source == staging:
+                remove_tree(staging)
+        elif not publish_dir(staging, folder):
             remove_tree(staging)
         return folder / path.name
 

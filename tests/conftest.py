@@ -24,10 +24,12 @@ DEMO_DEPS = ["beta[fast]", "sdistonly", "delta", "pthpkg"]
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_host_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep per-host caches and run records out of the user's home."""
+    """Keep per-host caches, downloads and run records out of the user's home."""
     saved = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "ENVBUILD_STORE",
-                                            "ENVBUILD_RUNLOG", "ENVBUILD_INDEX_URL")}
+                                            "ENVBUILD_RUNLOG", "ENVBUILD_INDEX_URL",
+                                            "ENVBUILD_CACHE")}
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    os.environ["ENVBUILD_CACHE"] = str(tmp_path_factory.mktemp("session-downloads") / "cache")
     for key in ("ENVBUILD_STORE", "ENVBUILD_RUNLOG", "ENVBUILD_INDEX_URL"):
         os.environ.pop(key, None)
     yield
@@ -36,6 +38,16 @@ def _isolated_host_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _own_download_cache(tmp_path_factory: pytest.TempPathFactory,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own download cache, made by the first build that needs it: tests count
+    downloads, corrupt cached files and build offline into new stores, each from nothing.
+    (The session's fixtures, set up before this, share the session's.)"""
+    cache = tmp_path_factory.mktemp("downloads") / "cache"
+    monkeypatch.setenv("ENVBUILD_CACHE", str(cache))
 
 
 @pytest.fixture(scope="session")

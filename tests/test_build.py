@@ -282,7 +282,9 @@ def test_download_survives_a_connection_that_keeps_failing(index: LocalIndex,
         verify_full(res.stdout.strip().splitlines()[-1])
 
         flaky.drops = 1000       # an index that never answers: the build fails, exit 1
-        res = envbuild("build", recipe, "--store", tmp_path / "store2")
+        # (with a download cache of its own: the first build's holds everything)
+        res = envbuild("build", recipe, "--store", tmp_path / "store2",
+                       env={**os.environ, "ENVBUILD_CACHE": str(tmp_path / "cache2")})
         assert res.returncode == 1, res.stderr
         assert "found the connection broken mid-way" in res.stderr, res.stderr
         assert "Traceback" not in res.stderr
