@@ -165,8 +165,10 @@ def build(
 ) -> None:
     """Build the env the lock describes, or reuse it if it exists intact. Prints its path.
 
-    The wheel cache is filled from the lock (hash-checked), then the install runs offline.
-    The env lands at <store>/envs/<name>-<key>/, complete or not at all. An env already
+    The wheel cache is filled from the lock (hash-checked); each wheel not yet installed
+    in the store (<store>/trees/) is installed there once, offline, and the env's files
+    are put in place from those trees (--link). The env lands at
+    <store>/envs/<name>-<key>/, complete or not at all. An env already
     there is verified first; a damaged one is moved aside to
     <store>/envs/.damaged-<name>-<key>-<utc>/ and built again.
 
