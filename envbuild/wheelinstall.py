@@ -14,6 +14,7 @@ import io
 import os
 import posixpath
 import re
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -73,6 +74,12 @@ class PipLayout(WheelDestination):
                    stream: BinaryIO, is_executable: bool) -> RecordEntry:
         path = os.fspath(path)
         archive = self.source.current or path   # the dist-info files pip generates: None
+        top = archive.split("/", 1)[0]
+        if top.endswith(".data") and top != self.source.data_dir:
+            # pip takes any top-level .data dir as the data dir; the installer only the
+            # one the file name gives: rather no tree than one that differs from pip's
+            raise BuildError(f"{archive}: expected the wheel's .data dir to be named "
+                             f"{self.source.data_dir}, as its file name says")
         if scheme == "scripts" and _is_wrapper(posixpath.basename(path), self.entry_points):
             return RecordEntry(path, None, None)   # setuptools' own wrapper: pip skips it
         data = stream.read()
@@ -189,7 +196,13 @@ def _script_names(name: str, section: str, entry_points: dict[tuple[str, str], s
 
 def install_wheel(wheel: Path, root: Path, site: str, version: str, name: str) -> None:
     """`wheel` installed under `root` (a venv's root layout, for Python `version`)."""
-    with _Wheel.open(wheel) as source:
-        assert isinstance(source, _Wheel)
-        destination = PipLayout(root, site, version, name, source)
-        install(source, destination, {})
+    from installer.exceptions import InstallerError
+
+    try:
+        with _Wheel.open(wheel) as source:
+            assert isinstance(source, _Wheel)
+            install(source, PipLayout(root, site, version, name, source), {})
+    except (InstallerError, ValueError, KeyError, zipfile.BadZipFile, BuildError) as exc:
+        found = str(exc) if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
+        raise BuildError(f"{wheel.name}: expected a wheel the installer can read, found "
+                         f"{found}; `--installer pip` installs it as pip does") from None

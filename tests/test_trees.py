@@ -292,3 +292,33 @@ def test_reflink_is_the_default_on_xfs(xfs_tmp_path: Path, tmp_path: Path,
     assert b"written in the env" not in tree_file.read_bytes()
     res = envbuild("verify", env, "--level", "full")
     assert res.returncode == 1 and "odd/__init__.py" in res.stdout
+
+
+def test_a_wheel_the_installer_cannot_read_fails_naming_it(tmp_path: Path,
+                                                           index: LocalIndex) -> None:
+    """A .data dir named otherwise than the wheel's file name (pip takes it as data, the
+    installer would not): exit 1, the wheel named, the way out given."""
+    wheels = tmp_path / "r" / "wheels"
+    wheels.mkdir(parents=True)
+    with zipfile.ZipFile(wheels / "nowheel-1.0-py3-none-any.whl", "w") as archive:
+        archive.writestr("nowheel.py", "X = 1\n")
+        archive.writestr("NoWheel-1.0.data/data/share/nowheel.txt", "data\n")
+        archive.writestr("nowheel-1.0.dist-info/METADATA",
+                         "Metadata-Version: 2.1\nName: nowheel\nVersion: 1.0\n")
+        archive.writestr("nowheel-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\n"
+                         "Generator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr("nowheel-1.0.dist-info/RECORD", "")
+    recipe = write_recipe(tmp_path / "r", index, deps=["nowheel"], name="nowheel")
+    recipe.write_text(recipe.read_text().replace(
+        "[index]\n", '[index]\nfind-links = ["wheels/"]\n'))
+    assert cli("lock", recipe).exit_code == 0
+    res = envbuild("build", recipe, "--store", tmp_path / "store")
+    assert res.returncode == 1, res.stderr
+    assert "nowheel-1.0-py3-none-any.whl: expected a wheel the installer can read" in res.stderr
+    assert "NoWheel-1.0.data/data/share/nowheel.txt: expected the wheel's .data dir to be " \
+        "named nowheel-1.0.data" in res.stderr
+    assert "`--installer pip`" in res.stderr
+    assert not any((tmp_path / "store" / "envs").iterdir())
+    res = envbuild("build", recipe, "--store", tmp_path / "store", "--installer", "pip")
+    assert res.returncode == 0, res.stderr
+    assert (Path(res.stdout.strip()) / "share" / "nowheel.txt").is_file()
