@@ -145,7 +145,8 @@ def envbuild_task(name: str, recipe: Path, source: Path, options: list[str], lin
                  "--json", *options]]
 
     return Task(name, commands, cleanup=links.after(name, lambda: only_env(made[0]),
-                                                    None if NO_LINK else hard_links))
+                                                    None if NO_LINK else hard_links),
+                settle=True)
 
 
 def uv_task(name: str, lock: Path, python: str, mode: str, places: Places,
@@ -162,7 +163,7 @@ def uv_task(name: str, lock: Path, python: str, mode: str, places: Places,
                  "--python", str(venv / "bin" / "python"), str(lock)]]
 
     return Task(name, commands, env=uv_env(),
-                cleanup=links.after(name, lambda: made[0], mode == "hardlink"))
+                cleanup=links.after(name, lambda: made[0], mode == "hardlink"), settle=True)
 
 
 def tasks(s: Subject, places: Places, links: Links, reflink: bool) -> list[Task]:

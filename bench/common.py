@@ -257,9 +257,14 @@ class Task:
     env: dict[str, str] = field(default_factory=base_env)
     cleanup: Callable[[], None] = lambda: None
     ok_codes: tuple[int, ...] = (0,)
+    # flush dirty pages before the clock starts: what the previous task (or this one's
+    # setup) wrote, or a removal's journal, is not written back inside this one's time
+    settle: bool = False
 
     def run_once(self) -> float:
         commands = self.commands()
+        if self.settle:
+            os.sync()
         # stderr to a file, not a pipe: no reader thread in the timing, and a failure shows
         # what the failing run said (re-running it may not fail again)
         with tempfile.TemporaryFile() as err:

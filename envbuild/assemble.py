@@ -10,6 +10,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 from .build import Progress
@@ -94,7 +95,7 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         from .trees import TreeDamaged
 
         raise TreeDamaged(linked.source[exc.rel], exc.rel) from None
-    _freeze_dirs(tmp)
+    _freeze_dirs(tmp, linked.dirs if linked else ())
 
 
 def _install(tmp: Path, artifacts: list[Artifact], store_tmp: Path) -> None:
@@ -228,10 +229,20 @@ def _normalize_files(root: Path) -> None:
                 os.chmod(path, mode)
 
 
-def _freeze_dirs(root: Path) -> None:
-    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+def _freeze_dirs(root: Path, made: Collection[str] = ()) -> None:
+    """Read-only dirs. The dirs in `made` (relative; made for the trees' files, so every dir
+    under one of them is in it too) are set from that list; the walk skips them."""
+    for rel in made:
+        os.chmod(os.path.join(root, rel), 0o555)
+    skip = set(made)
+    for dirpath, dirnames, _ in os.walk(root):
+        here = os.path.relpath(dirpath, root)
+        walked = []
         for name in dirnames:
             path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o555)
+            if (name if here == "." else f"{here}/{name}") in skip or os.path.islink(path):
+                continue
+            os.chmod(path, 0o555)
+            walked.append(name)
+        dirnames[:] = walked
     os.chmod(root, 0o555)

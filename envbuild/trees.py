@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import BuildError, InputError
 from .fsutil import publish_dir, remove_tree
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .wheelcache import Artifact
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 Progress = Callable[[str], None]
 
 TREE_FORMAT = "1"
@@ -271,6 +272,7 @@ class Linked:
     known: Known                        # every file put in place, as recorded
     elf: dict[str, ElfRead | None]      # what the host scan reads from each (None: not ELF)
     source: dict[str, Path]             # the tree each came from
+    dirs: list[str]                     # the dirs made for them (none was there before)
 
 
 def link_trees(trees: Iterable[Tree], root: Path, how: str) -> Linked:
@@ -282,25 +284,45 @@ def link_trees(trees: Iterable[Tree], root: Path, how: str) -> Linked:
             chosen[rel] = tree
     base = str(root) + "/"
     parents = {rel.rpartition("/")[0] for rel in chosen}
-    for rel in sorted({"/".join(p.split("/")[:n]) for p in parents if p
-                       for n in range(1, p.count("/") + 2)}):
+    made = _mkdirs(sorted({"/".join(p.split("/")[:n]) for p in parents if p
+                          for n in range(1, p.count("/") + 2)}), base)
+    items = list(chosen.items())
+    from concurrent.futures import ThreadPoolExecutor
+
+    # in threads: the syscalls free the GIL (a copy's most of all)
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(lambda part: _put(part, base, how), _chunks(items)))
+    return Linked({rel: tree.files[rel] for rel, tree in items},
+                  {rel: tree.elf.get(rel) for rel, tree in items},
+                  {rel: tree.path for rel, tree in items}, made)
+
+
+def _chunks(seq: list[T]) -> list[list[T]]:
+    step = max(64, len(seq) // 16)
+    return [seq[i:i + step] for i in range(0, len(seq), step)]
+
+
+def _mkdirs(rels: list[str], base: str) -> list[str]:
+    """The dirs of `rels` that were not there, now made."""
+    made = []
+    for rel in rels:
         try:
             os.mkdir(base + rel)
+            made.append(rel)
         except FileExistsError:
             pass
+    return made
+
+
+def _put(items: list[tuple[str, Tree]], base: str, how: str) -> None:
+    """Each tree file of `items` put at its place under `base` by `how`."""
     linker = _LINKERS[how]
-    known: Known = {}
-    elf: dict[str, ElfRead | None] = {}
-    for rel, tree in chosen.items():
-        record = tree.files[rel]
+    for rel, tree in items:
         try:
-            if not linker(f"{tree.path}/{ROOT}/{rel}", base + rel, record):
+            if not linker(f"{tree.path}/{ROOT}/{rel}", base + rel, tree.files[rel]):
                 raise TreeDamaged(tree.path, rel)
         except FileNotFoundError:
             raise TreeDamaged(tree.path, rel) from None
         except OSError as exc:
             raise BuildError(f"--link {how}: could not put {rel} in the env from "
                              f"{tree.path}: {exc.strerror}") from None
-        known[rel] = record
-        elf[rel] = tree.elf.get(rel)
-    return Linked(known, elf, {rel: tree.path for rel, tree in chosen.items()})

@@ -76,11 +76,14 @@ class WheelCache:
     def fetch(self, entries: list[LockEntry]) -> dict[str, tuple[Path, str]]:
         """Each entry's checked artifact as the lock hashed it (a wheel this interpreter
         accepts, else an sdist) and its digest, downloading only what is missing."""
+        from concurrent.futures import ThreadPoolExecutor
+
         found: dict[str, tuple[Path, str]] = {}
         missing: list[LockEntry] = []
         shared = 0
-        for entry in entries:
-            hit = self._lookup(entry)
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            hits = list(pool.map(self._lookup, entries))   # hashing frees the GIL
+        for entry, hit in zip(entries, hits):
             if hit is None:
                 hit = self._lookup_shared(entry)
                 shared += hit is not None
