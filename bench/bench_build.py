@@ -36,7 +36,6 @@ from buildplaces import (  # noqa: E402
     fresh_store,
     link_caches,
     only_env,
-    reflink_supported,
 )
 from buildsize import size_table, store_size  # noqa: E402
 from common import (  # noqa: E402
@@ -59,6 +58,8 @@ from common import (  # noqa: E402
     uv_env,
     write_json,
 )
+
+from envbuild.trees import can_reflink  # noqa: E402
 
 RECIPES = ("jupyter-stack", "webclient")
 INDEX_URL = "https://pypi.org/simple"
@@ -267,7 +268,7 @@ def main() -> None:
     if args.runs < 3:
         ap.error("--runs: expected at least 3")
     places = Places.make(args.work, args.store)
-    reflink = reflink_supported(places.scratch)
+    reflink = can_reflink(places.scratch)
     if NO_LINK:
         print("bench: BENCH_NO_LINK=1: envbuild runs without --link/--installer",
               file=sys.stderr)

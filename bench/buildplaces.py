@@ -1,15 +1,13 @@
 """Where the build bench works and what it checks there: the bench store whose caches each
 timed build starts from, fresh stores that share those caches by hard links, scratch dirs
-removed after each run, whether the file system clones (FICLONE), how many files a build
-left hard-linked, and `du` with hard links counted once.
+removed after each run, how many files a build left hard-linked, and `du` with hard links
+counted once.
 
 Stdlib only, like common.py.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import itertools
 import os
 import shutil
@@ -27,8 +25,6 @@ from common import DEFAULT_STORE, OUT, force_rmtree
 # bench store has are shared; its envs/ never are, so no timed build is a cache hit.
 WARM_CACHES = ("wheels", "built", "pycs", "trees")
 WHEEL_CACHE = ("wheels", "built")
-FICLONE = 0x40049409          # _IOW(0x94, 9, int): clone a whole file (reflink)
-NO_CLONE = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS)
 
 
 @dataclass(frozen=True)
@@ -100,23 +96,6 @@ def only_env(store: Path) -> Path:
     if len(envs) != 1:
         sys.exit(f"bench: expected one env in {store / 'envs'}, found {envs}")
     return envs[0]
-
-
-def reflink_supported(directory: Path) -> bool:
-    """Whether files in `directory` can be cloned (FICLONE: XFS with reflink=1, btrfs)."""
-    src, dst = directory / f".reflink-probe-{os.getpid()}", directory / f".reflink-{os.getpid()}"
-    try:
-        src.write_bytes(b"probe" * 1000)
-        with open(src, "rb") as s, open(dst, "wb") as d:
-            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
-        return True
-    except OSError as exc:
-        if exc.errno in NO_CLONE:
-            return False
-        raise
-    finally:
-        for path in (src, dst):
-            path.unlink(missing_ok=True)
 
 
 def link_count(tree: Path) -> tuple[int, int]:

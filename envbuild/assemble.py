@@ -16,7 +16,7 @@ from pathlib import Path
 from .build import Progress
 from .bytecode import compile_env, compile_launch
 from .carried import HOOK_PTH, TRAMPOLINE, hook_line, install_launcher
-from .hashing import sha256_bytes
+from .hashing import record_digest, sha256_bytes
 from .hostreq import scan
 from .interpreter import Interpreter
 from .layout import LAUNCH_DIR
@@ -194,9 +194,6 @@ def _relocate_activate(bin_dir: Path, env_dir: str) -> None:
 
 def _update_records(site: Path, root: Path, rewritten: dict[str, bytes]) -> None:
     """Keep RECORD's hashes true for the scripts rewritten above."""
-    import base64
-    import hashlib
-
     if not rewritten:
         return
     for record in site.glob("*.dist-info/RECORD"):
@@ -208,8 +205,7 @@ def _update_records(site: Path, root: Path, rewritten: dict[str, bytes]) -> None
             rel = os.path.relpath(os.path.normpath(site / row[0]), root)
             if rel in rewritten:
                 data = rewritten[rel]
-                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-                row[1:3] = [f"sha256={digest.decode()}", str(len(data))]
+                row[1:3] = [record_digest(data), str(len(data))]
                 changed = True
         if changed:
             out = io.StringIO()

@@ -73,3 +73,12 @@ def hash_file(path: str, size: int) -> str:
         return f"!{exc.strerror}"
     finally:
         os.close(fd)
+
+
+def record_digest(data: bytes) -> str:
+    """A wheel RECORD row's hash of `data`: `sha256=` and the unpadded urlsafe base64."""
+    import base64
+    import hashlib
+
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(
+        b"=").decode()

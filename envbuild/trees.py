@@ -190,7 +190,7 @@ def resolve_link(how: str | None, where: Path) -> str:
     can do it; by default reflink where it can, else copy."""
     if how in ("hardlink", "copy"):
         return how
-    if _can_reflink(where):
+    if can_reflink(where):
         return "reflink"
     if how == "reflink":
         raise InputError(f"--link reflink: expected a file system with reflinks (XFS, Btrfs) "
@@ -198,14 +198,16 @@ def resolve_link(how: str | None, where: Path) -> str:
     return "copy"
 
 
-def _can_reflink(where: Path) -> bool:
+def can_reflink(where: Path) -> bool:
+    """Whether files in `where` can be cloned (FICLONE: XFS made with reflink=1, Btrfs)."""
     os.makedirs(where, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="reflink-", dir=where) as probe:
         src, dst = os.path.join(probe, "a"), os.path.join(probe, "b")
+        data = b"reflink probe\n"
         with open(src, "wb") as fh:
-            fh.write(b"reflink probe\n")
+            fh.write(data)
         try:
-            _reflink(src, dst, (0o444, 14, ""))
+            _reflink(src, dst, (0o444, len(data), ""))
         except OSError as exc:
             if exc.errno in _NO_REFLINK:
                 return False

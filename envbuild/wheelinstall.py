@@ -7,9 +7,7 @@ byte for byte the env pip installs and `assemble` relocates."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import hashlib
 import io
 import os
 import posixpath
@@ -27,6 +25,7 @@ from installer.utils import Scheme
 
 from .carried import TRAMPOLINE
 from .errors import BuildError
+from .hashing import record_digest
 
 # pip's console-script body (its vendored distlib's template)
 _SCRIPT = """# -*- coding: utf-8 -*-
@@ -39,12 +38,6 @@ if __name__ == '__main__':
 """
 _VERSIONED = {"pip": re.compile(r"pip(\d+(\.\d+)?)?$"),
               "easy_install": re.compile(r"easy_install(-\d+\.\d+)?$")}
-
-
-def urlsafe_digest(data: bytes) -> str:
-    """A RECORD row's hash: `sha256=` and the unpadded urlsafe base64 of the digest."""
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-    return f"sha256={digest.decode()}"
 
 
 class PipLayout(WheelDestination):
@@ -133,7 +126,7 @@ class PipLayout(WheelDestination):
 
     def _rehash(self, record_path: str) -> tuple[str, str]:
         data = (self.root / self.site / record_path).read_bytes()
-        return urlsafe_digest(data), str(len(data))
+        return record_digest(data), str(len(data))
 
     @staticmethod
     def _write(target: Path, data: bytes, executable: bool) -> None:
