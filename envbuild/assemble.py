@@ -11,6 +11,7 @@ import re
 import stat
 import tempfile
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .build import Progress
@@ -33,6 +34,7 @@ from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe
 from .startup import probe_startup
 from .store import Store
+from .trees import TreeDamaged, link_trees, trees_for
 from .wheelcache import Artifact
 
 
@@ -43,8 +45,11 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     files linked from the store's trees by `link` (hardlink, reflink or copy), or with
     `link` None installed by pip (the reference installer)."""
     progress(f"creating a venv for Python {interp.version}")
-    run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt", recipe.name,
-              str(tmp)], env=hermetic_env())
+    with ThreadPoolExecutor(1) as pool:   # the trees' records are read meanwhile
+        venv = pool.submit(run_tool, [interp.executable, "-I", "-m", "venv", "--without-pip",
+                                      "--prompt", recipe.name, str(tmp)], env=hermetic_env())
+        trees = trees_for(store, artifacts, interp, progress) if link is not None else []
+        venv.result()
     linked = None
     if link is None:
         progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
@@ -57,9 +62,6 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         compile_env(tmp, interp.site, artifacts, interp, store)
     else:
         _normalize_files(tmp)   # the venv's and the launch code's; the trees' come right
-        from .trees import link_trees, trees_for
-
-        trees = trees_for(store, artifacts, interp, progress)
         progress(f"putting {len(artifacts)} distributions in place from the store ({link})")
         linked = link_trees(trees, tmp, link)
     startup = probe_startup(tmp, interp.site)   # before the hook, which would refuse here
@@ -88,13 +90,12 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
              lambda root, paths: scan(root, paths, linked.elf if linked else None),
              stdlib_landmark=os.path.join(interp.stdlib, "os.py"), startup=startup,
              fixed_time=fixed_time, recipe_path=recipe.path,
-             known=linked.known if linked else None)
+             known=linked.known if linked else None,
+             skip=set(linked.dirs) if linked else frozenset())
     except RecordMismatch as exc:
         if linked is None:
             raise
-        from .trees import TreeDamaged
-
-        raise TreeDamaged(linked.source[exc.rel], exc.rel) from None
+        raise TreeDamaged({linked.source[exc.rel]: exc.rel}) from None
     _freeze_dirs(tmp, linked.dirs if linked else ())
 
 
@@ -104,8 +105,6 @@ def _install(tmp: Path, artifacts: list[Artifact], store_tmp: Path) -> None:
     With --no-deps the wheels are independent, so a few pips install shares of them at
     once (pip itself installs one wheel after another).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     shares: list[list[Artifact]] = [[] for _ in range(min(4, os.cpu_count() or 1))]
     for art in sorted(artifacts, key=lambda a: a.wheel.stat().st_size, reverse=True):
         min(shares, key=lambda s: sum(a.wheel.stat().st_size for a in s)).append(art)

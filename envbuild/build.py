@@ -117,9 +117,12 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
         clear_leftovers(store, recipe.name, key)
         entries = [e for e in lock.entries if e.applies(interp.markers)]
         from .assemble import assemble
+        from .trees import installed
         from .wheelcache import WheelCache
 
-        artifacts = WheelCache(store, interp, recipe, offline, progress).fill(entries)
+        artifacts = WheelCache(store, interp, recipe, offline, progress,
+                               installed=installed(store, interp) if link else None
+                               ).fill(entries)
         for attempt in (1, 2):
             tmp = Path(tempfile.mkdtemp(prefix=store.layout.tmp_env_prefix(recipe.name, key),
                                         dir=store.envs))
@@ -136,6 +139,8 @@ def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, off
                     raise
                 if attempt == 2:
                     raise BuildError(f"{exc}, again after it was installed anew") from None
+                # the wheels of installed trees were found, not read: now each is hashed
+                artifacts = WheelCache(store, interp, recipe, offline, progress).fill(entries)
     if replaced is not None:
         remove_tree(replaced)
     return _result(final, key, cached=False, moved=moved)
@@ -147,8 +152,10 @@ def _discard_damaged(exc: BaseException, progress: Progress) -> bool:
 
     if not isinstance(exc, TreeDamaged):
         return False
-    progress(f"{exc}; installing that wheel again")
-    discard(exc.tree, str(exc))
+    progress(f"{exc}; installing {'that wheel' if len(exc.trees) == 1 else 'those wheels'} "
+             "again")
+    for tree in exc.trees:
+        discard(tree, "it differs from its record")
     return True
 
 

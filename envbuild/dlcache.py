@@ -30,10 +30,7 @@ def checked_files(folder: Path, digest: str, offline: bool) -> list[Path]:
     `sha256/<hex>/`), each hashed now. An entry whose bytes no longer match `digest` is
     discarded with a warning (none returned) or, `offline`, refused naming the file. An
     entry that is missing or that this user cannot read is none."""
-    try:
-        paths = sorted(p for p in folder.iterdir() if p.name != ORIGIN)
-    except OSError:
-        return []
+    paths = listed(folder)
     for path in paths:
         try:
             found = file_digest(str(path))
@@ -52,6 +49,14 @@ def checked_files(folder: Path, digest: str, offline: bool) -> list[Path]:
                 remove_tree(folder)
             return []
     return paths
+
+
+def listed(folder: Path) -> list[Path]:
+    """The artifacts of one cache entry, not read (none if it is missing or unreadable)."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.name != ORIGIN)
+    except OSError:
+        return []
 
 
 def link_entry(source: Path, final: Path, scratch: Path) -> None:

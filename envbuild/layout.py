@@ -72,7 +72,7 @@ class DownloadLayout:
         self.tmp = os.path.join(root, "tmp")
 
     def artifact_dir(self, sha256: str) -> str:
-        return os.path.join(self.artifacts, _hex(sha256))
+        return os.path.join(self.artifacts, digest_hex(sha256))
 
 
 # ---- a store -----------------------------------------------------------------------------
@@ -110,19 +110,19 @@ class StoreLayout:
 
     def wheel_dir(self, sha256: str) -> str:
         """Every artifact under its own hash: `wheels/<hex>/FILE`."""
-        return os.path.join(self.wheels, _hex(sha256))
+        return os.path.join(self.wheels, digest_hex(sha256))
 
     def built_dir(self, sdist_sha256: str, abi: str, platform: str) -> str:
         """The wheel built from an sdist, once per interpreter ABI and platform."""
-        return os.path.join(self.built, f"{_hex(sdist_sha256)}-{abi}-{platform}")
+        return os.path.join(self.built, f"{digest_hex(sdist_sha256)}-{abi}-{platform}")
 
     def pyc_dir(self, wheel_sha256: str, abi: str, version: str) -> str:
         """One wheel's compiled pycs, for the next build that installs it."""
-        return os.path.join(self.pycs, f"{_hex(wheel_sha256)}-{abi}-{version}")
+        return os.path.join(self.pycs, f"{digest_hex(wheel_sha256)}-{abi}-{version}")
 
     def tree_dir(self, wheel_sha256: str, abi: str, version: str) -> str:
         """One wheel installed (pycs compiled) for one interpreter, which envs link from."""
-        return os.path.join(self.trees, f"{_hex(wheel_sha256)}-{abi}-{version}")
+        return os.path.join(self.trees, f"{digest_hex(wheel_sha256)}-{abi}-{version}")
 
     def env_dir(self, name: str, env_key: str) -> str:
         return os.path.join(self.envs, f"{name}-{short_key(env_key)}")
@@ -150,7 +150,7 @@ class StoreLayout:
 
     def base_image(self, image_id: str) -> str:
         """A base image's config and layers as `docker save` gave them, kept by its ID."""
-        return os.path.join(self.root, "bases", _hex(image_id))
+        return os.path.join(self.root, "bases", digest_hex(image_id))
 
     def blobs(self) -> str:
         """Compressed image layers, by their uncompressed digest, so a push is the same."""
@@ -293,5 +293,6 @@ def staging_root_of(env: str) -> str | None:
     return os.path.dirname(versions)
 
 
-def _hex(digest: str) -> str:
+def digest_hex(digest: str) -> str:
+    """The hex of a "sha256:<hex>" digest: how the store's dirs are named."""
     return digest[7:] if digest.startswith("sha256:") else digest

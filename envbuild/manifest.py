@@ -193,42 +193,53 @@ class TreeListing:
     regular: list[str]        # relative paths of regular files, for the host scan
 
 
-def list_tree(root: Path, forbidden: bytes, known: Known | None = None) -> TreeListing:
+def list_tree(root: Path, forbidden: bytes, known: Known | None = None,
+              skip: set[str] | frozenset[str] = frozenset()) -> TreeListing:
     """Hash every file; refuse a tree in which any file still holds `forbidden` (the build
     dir's absolute path): such an env would break when moved. A file in `known` (recorded
-    when the store's tree it came from was installed) is taken as recorded, not read
-    again, once its mode and size are found as recorded (else `RecordMismatch`)."""
+    when the store's tree it came from was installed, and checked against that record as
+    it was put in place) is taken as recorded, not read again; one the walk meets must
+    still have its recorded mode and size (else `RecordMismatch`). The dirs in `skip` hold
+    nothing but such files (and dirs like them): they are not walked."""
     known = known or {}
-    lines = [FILES_SCHEMA + "\n"]
+    lines: dict[str, str] = {}
     regular: list[str] = []
     leaks: list[str] = []
-    for rel, st in sorted(walk(str(root)).items()):
-        if "\n" in rel or "\t" in rel:
-            raise BuildError(f"{rel!r}: file names with tabs or newlines are not supported")
+    found = walk(str(root), skip=skip)
+    if skip:
+        for rel, rec in known.items():
+            if rel.rpartition("/")[0] in skip:
+                lines[rel] = files_line("f", rec[0], rec[1], rec[2], rel)
+                regular.append(rel)
+    for rel, st in found.items():
         if stat.S_ISLNK(st.st_mode):
             target = os.fsencode(os.readlink(root / rel))
             if forbidden in target:
                 leaks.append(rel)
-            lines.append(files_line("l", 0, len(target), hashlib.sha256(target).hexdigest(),
-                                    rel))
+            lines[rel] = files_line("l", 0, len(target), hashlib.sha256(target).hexdigest(),
+                                    rel)
         elif stat.S_ISREG(st.st_mode):
             record = known.get(rel)
             if record is not None:
                 if record[:2] != (stat.S_IMODE(st.st_mode), st.st_size):
                     raise RecordMismatch(rel)
-                lines.append(files_line("f", record[0], record[1], record[2], rel))
+                lines[rel] = files_line("f", record[0], record[1], record[2], rel)
                 regular.append(rel)
                 continue
             data = (root / rel).read_bytes()
             if forbidden in data:
                 leaks.append(rel)
-            lines.append(files_line("f", stat.S_IMODE(st.st_mode), len(data),
-                                    hashlib.sha256(data).hexdigest(), rel))
+            lines[rel] = files_line("f", stat.S_IMODE(st.st_mode), len(data),
+                                    hashlib.sha256(data).hexdigest(), rel)
             regular.append(rel)
     if leaks:
         raise BuildError("the env is not relocatable: these files hold the build directory's "
-                         "path: " + ", ".join(leaks[:10]))
-    return TreeListing("".join(lines).encode("utf-8"), regular)
+                         "path: " + ", ".join(sorted(leaks)[:10]))
+    bad = [rel for rel in lines if "\n" in rel or "\t" in rel]
+    if bad:
+        raise BuildError(f"{bad[0]!r}: file names with tabs or newlines are not supported")
+    text = FILES_SCHEMA + "\n" + "".join(lines[rel] for rel in sorted(lines))
+    return TreeListing(text.encode("utf-8"), sorted(regular))
 
 
 def _kind(entry: os.DirEntry[str]) -> str:
@@ -286,7 +297,8 @@ def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
          host_scan: Callable[[Path, list[str]], HostNeeds],
          stdlib_landmark: str | None = None, startup: Startup | None = None,
          fixed_time: str | None = None, recipe_path: Path | None = None,
-         known: Known | None = None) -> Manifest:
+         known: Known | None = None, skip: set[str] | frozenset[str] = frozenset()
+         ) -> Manifest:
     """Write the sidecars and the manifest into `root`; return the manifest.
 
     `draft` holds everything but what is computed here: the tree digest, the host needs
@@ -294,7 +306,7 @@ def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
     provenance (not an image's, which names no path of the machine that built it).
     """
     (root / META).mkdir(exist_ok=True)
-    listing = list_tree(root, forbidden, known)
+    listing = list_tree(root, forbidden, known, skip)
     manifest = replace(draft, tree_digest=sha256_bytes(listing.sidecar),
                        host=host_scan(root, listing.regular))
     quick = format_quick(quick_records(site, root, manifest, stdlib_landmark,

@@ -122,10 +122,12 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def walk(env: str, errors: list[tuple[str, str]] | None = None,
-         start: str = "") -> dict[str, os.stat_result]:
+         start: str = "", skip: set[str] | frozenset[str] = frozenset()
+         ) -> dict[str, os.stat_result]:
     """Every path under env (relative POSIX) with its lstat, outside the manifest and META;
-    with `start`, only those under that relative dir. With `errors`, a directory that
-    cannot be read is appended as (relpath, why) instead of raising.
+    with `start`, only those under that relative dir; the dirs in `skip` are listed but
+    not entered. With `errors`, a directory that cannot be read is appended as
+    (relpath, why) instead of raising.
 
     Each directory is opened relative to the env's (O_NOFOLLOW: a directory swapped for a
     symlink during the walk is not followed) and listed by its descriptor, so each lstat
@@ -148,7 +150,7 @@ def walk(env: str, errors: list[tuple[str, str]] | None = None,
                             sub = prefix + entry.name
                             st = entry.stat(follow_symlinks=False)
                             out[sub] = st
-                            if isdir(st.st_mode):
+                            if isdir(st.st_mode) and sub not in skip:
                                 stack.append(sub)
                 finally:
                     if fd != root:

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from . import BUILD_FORMAT
@@ -38,7 +39,7 @@ class Store:
 
     root: Path
 
-    @property
+    @cached_property
     def layout(self) -> StoreLayout:
         return StoreLayout(str(self.root))
 

@@ -20,11 +20,13 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from .errors import BuildError, InputError
+from .errors import BuildError, CacheIntegrityError, InputError
 from .fsutil import publish_dir, remove_tree
+from .hashing import file_digest
 from .hostreq import ElfRead, read_elf
 from .interpreter import Interpreter
 from .manifest import Known
@@ -46,10 +48,11 @@ FICLONE = 0x40049409        # linux/fs.h: _IOW(0x94, 9, int)
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
 
 def identity() -> str:
-    """The installer's identity, for `env_key`."""
-    import installer
+    """The installer's identity, for `env_key` (its version from its metadata: importing
+    it is for a build that installs a wheel)."""
+    from importlib.metadata import version
 
-    return f"envbuild trees/{TREE_FORMAT} (pip's layout) installer {installer.__version__}"
+    return f"envbuild trees/{TREE_FORMAT} (pip's layout) installer {version('installer')}"
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,11 @@ class Tree:
     @property
     def root(self) -> Path:
         return self.path / ROOT
+
+    @cached_property
+    def root_prefix(self) -> str:
+        """The root as a string ending in "/": a file's source is this and its path."""
+        return f"{self.path}/{ROOT}/"
 
 
 def trees_for(store: Store, artifacts: list[Artifact], interp: Interpreter,
@@ -82,6 +90,17 @@ def trees_for(store: Store, artifacts: list[Artifact], interp: Interpreter,
         os.makedirs(store.layout.trees, exist_ok=True)
         found.update(_install_trees(store, missing, interp))
     return [found[art.wheel_sha256] for art in artifacts]
+
+
+def installed(store: Store, interp: Interpreter) -> Callable[[str], bool]:
+    """Whether a wheel (by its digest) has a tree in the store for `interp` (the build
+    finds it intact, or installs it again, in `trees_for`), from one listing of trees/."""
+    try:
+        names = set(os.listdir(store.layout.trees))
+    except OSError:
+        names = set()
+    return lambda digest: os.path.basename(
+        store.layout.tree_dir(digest, interp.abi, interp.version)) in names
 
 
 def load_tree(where: Path) -> Tree | None:
@@ -123,6 +142,8 @@ def _install_trees(store: Store, missing: list[tuple[Artifact, Path]],
     staged: list[tuple[Artifact, Path, Path]] = []
     try:
         for art, where in missing:
+            if not art.hashed:
+                _check_wheel(art)
             staging = Path(tempfile.mkdtemp(prefix="tree-", dir=store.tmp))
             staged.append((art, where, staging))
             install_wheel(art.wheel, staging / ROOT, interp.site, interp.version,
@@ -138,6 +159,16 @@ def _install_trees(store: Store, missing: list[tuple[Artifact, Path]],
         for _art, _where, staging in staged:
             if staging.exists():
                 remove_tree(staging)
+
+
+def _check_wheel(art: Artifact) -> None:
+    """A wheel found but not read (its tree was there) has the lock's bytes."""
+    found = file_digest(str(art.wheel))
+    if found != art.wheel_sha256:
+        remove_tree(art.wheel.parent)
+        raise CacheIntegrityError(f"{art.wheel}: expected sha256 {art.wheel_sha256} (from the "
+                                  f"lock), found {found}; removed from the wheel cache: build "
+                                  "again to fetch it anew")
 
 
 def _seal_tree(art: Artifact, where: Path, staging: Path) -> Tree:
@@ -206,6 +237,7 @@ def can_reflink(where: Path) -> bool:
         data = b"reflink probe\n"
         with open(src, "wb") as fh:
             fh.write(data)
+        os.chmod(src, 0o444)
         try:
             _reflink(src, dst, (0o444, len(data), ""))
         except OSError as exc:
@@ -220,11 +252,12 @@ def _reflink(src: str, dst: str, record: tuple[int, int, str]) -> bool:
 
     fd_src = os.open(src, os.O_RDONLY)
     try:
-        if os.fstat(fd_src).st_size != record[1]:
+        if not _as_recorded(os.fstat(fd_src), record):
             return False
         fd_dst = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, record[0])
         try:
             fcntl.ioctl(fd_dst, FICLONE, fd_src)
+            os.fchmod(fd_dst, record[0])   # the record's mode, whatever the umask
         except OSError:
             os.close(fd_dst)
             os.unlink(dst)
@@ -237,6 +270,8 @@ def _reflink(src: str, dst: str, record: tuple[int, int, str]) -> bool:
 
 def _copy(src: str, dst: str, record: tuple[int, int, str]) -> bool:
     with open(src, "rb") as fh:
+        if not _as_recorded(os.fstat(fh.fileno()), record):
+            return False
         data = fh.read()
     if len(data) != record[1]:
         return False
@@ -245,15 +280,21 @@ def _copy(src: str, dst: str, record: tuple[int, int, str]) -> bool:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        os.fchmod(fd, record[0])
     finally:
         os.close(fd)
     return True
 
 
 def _hardlink(src: str, dst: str, record: tuple[int, int, str]) -> bool:
-    """The link; its mode and size (the tree's inode) are checked with the env's files."""
+    """The link, if the tree's inode (the env's file now) has its recorded mode and size."""
     os.link(src, dst)
-    return True
+    return _as_recorded(os.lstat(src), record)
+
+
+def _as_recorded(st: os.stat_result, record: tuple[int, int, str]) -> bool:
+    """A tree's file still has its recorded mode and size (what the files level checks)."""
+    return stat.S_ISREG(st.st_mode) and (stat.S_IMODE(st.st_mode), st.st_size) == record[:2]
 
 
 _LINKERS: dict[str, Callable[[str, str, tuple[int, int, str]], bool]] = {
@@ -261,20 +302,22 @@ _LINKERS: dict[str, Callable[[str, str, tuple[int, int, str]], bool]] = {
 
 
 class TreeDamaged(Exception):
-    """A tree's file differs from its record (the build discards the tree and installs the
-    wheel again; a second time is a BuildError)."""
+    """Trees whose files differ from their records (the build discards them and installs
+    their wheels again; a second time is a BuildError)."""
 
-    def __init__(self, tree: Path, rel: str) -> None:
-        super().__init__(f"{tree}: {rel} differs from its record")
-        self.tree = tree
+    def __init__(self, damaged: dict[Path, str]) -> None:
+        tree, rel = next(iter(damaged.items()))
+        more = f" (and {len(damaged) - 1} more trees)" if len(damaged) > 1 else ""
+        super().__init__(f"{tree}: {rel} differs from its record{more}")
+        self.trees = sorted(damaged)
 
 
 @dataclass(frozen=True)
 class Linked:
-    known: Known                        # every file put in place, as recorded
+    known: Known                        # every file put in place, checked as recorded
     elf: dict[str, ElfRead | None]      # what the host scan reads from each (None: not ELF)
     source: dict[str, Path]             # the tree each came from
-    dirs: list[str]                     # the dirs made for them (none was there before)
+    dirs: list[str]                     # the dirs made for them: nothing else is in these
 
 
 def link_trees(trees: Iterable[Tree], root: Path, how: str) -> Linked:
@@ -293,7 +336,10 @@ def link_trees(trees: Iterable[Tree], root: Path, how: str) -> Linked:
 
     # in threads: the syscalls free the GIL (a copy's most of all)
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        list(pool.map(lambda part: _put(part, base, how), _chunks(items)))
+        damaged = [bad for part in pool.map(lambda part: _put(part, base, how), _chunks(items))
+                   for bad in part]
+    if damaged:
+        raise TreeDamaged({chosen[rel].path: rel for rel in reversed(damaged)})
     return Linked({rel: tree.files[rel] for rel, tree in items},
                   {rel: tree.elf.get(rel) for rel, tree in items},
                   {rel: tree.path for rel, tree in items}, made)
@@ -316,15 +362,18 @@ def _mkdirs(rels: list[str], base: str) -> list[str]:
     return made
 
 
-def _put(items: list[tuple[str, Tree]], base: str, how: str) -> None:
-    """Each tree file of `items` put at its place under `base` by `how`."""
+def _put(items: list[tuple[str, Tree]], base: str, how: str) -> list[str]:
+    """Each tree file of `items` put at its place under `base` by `how`; the files found
+    differing from their records (or gone) are returned."""
     linker = _LINKERS[how]
+    damaged = []
     for rel, tree in items:
         try:
-            if not linker(f"{tree.path}/{ROOT}/{rel}", base + rel, tree.files[rel]):
-                raise TreeDamaged(tree.path, rel)
+            if not linker(f"{tree.root_prefix}{rel}", base + rel, tree.files[rel]):
+                damaged.append(rel)
         except FileNotFoundError:
-            raise TreeDamaged(tree.path, rel) from None
+            damaged.append(rel)
         except OSError as exc:
             raise BuildError(f"--link {how}: could not put {rel} in the env from "
                              f"{tree.path}: {exc.strerror}") from None
+    return damaged

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-from .dlcache import ORIGIN, DownloadCache, checked_files, link_entry
+from .dlcache import ORIGIN, DownloadCache, checked_files, link_entry, listed
 from .errors import BuildError, CacheIntegrityError, ToolError
 from .fsutil import publish_dir, remove_tree
 from .hashing import file_digest
 from .interpreter import Interpreter
+from .layout import digest_hex
 from .lock import LockEntry
 from .pipfail import unreachable
 from .proc import hermetic_env, pip_argv, run_tool
@@ -58,15 +59,23 @@ class Artifact:
     sha256: str             # "sha256:<hex>" of `artifact`, one of the lock's hashes
     wheel: Path             # what gets installed: `artifact` itself, or the wheel built from it
     wheel_sha256: str
+    hashed: bool = True     # False: found, not read (installed already): hash it before use
 
 
 class WheelCache:
     def __init__(self, store: Store, interp: Interpreter, recipe: Recipe, offline: bool,
-                 progress: Progress, downloads: DownloadCache | None = None) -> None:
+                 progress: Progress, downloads: DownloadCache | None = None,
+                 installed: Callable[[str], bool] | None = None) -> None:
+        """`installed`: whether a wheel (by its digest) is installed in the store already;
+        such a wheel in the store's cache is found but not read (what the build uses is
+        its installed tree), and is hashed only if it has to be installed again."""
         self.store, self.interp, self.recipe = store, interp, recipe
         self.offline, self.progress = offline, progress
         self.downloads = downloads if downloads is not None else DownloadCache()
         self.tags = interp.supported_tags()
+        self.installed = installed
+        self.unhashed: set[Path] = set()
+        self.present: set[str] | None = None    # the store's wheel cache entries, if listed
 
     def fill(self, entries: list[LockEntry]) -> list[Artifact]:
         """One checked artifact per entry, downloading (or building) only what is missing."""
@@ -81,6 +90,10 @@ class WheelCache:
         found: dict[str, tuple[Path, str]] = {}
         missing: list[LockEntry] = []
         shared = 0
+        try:   # the lock names every platform's artifacts: most are not in the store
+            self.present = set(os.listdir(self.store.layout.wheels))
+        except OSError:
+            self.present = set()
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
             hits = list(pool.map(self._lookup, entries))   # hashing frees the GIL
         for entry, hit in zip(entries, hits):
@@ -109,13 +122,24 @@ class WheelCache:
                 ) -> tuple[Path, str] | None:
         """A cached artifact of the entry whose bytes match the lock, and its digest: in
         the store's wheel cache, or in the entry dirs `where` names."""
-        where = where or self.store.layout.wheel_dir
         candidates = [(path, digest) for digest in entry.hashes
-                      for path in checked_files(Path(where(digest)), digest, self.offline)]
+                      for path in self._files(digest, where)]
         wheels = [c for c in candidates if c[0].suffix == ".whl" and self._compatible(c[0].name)]
         sdists = [c for c in candidates if c[0].suffix != ".whl"]
         best = wheels or sdists
         return best[0] if best else None
+
+    def _files(self, digest: str, where: Callable[[str], str] | None) -> list[Path]:
+        """The cache entry's files: hashed now, or not read if the wheel is installed."""
+        if where is None and self.present is not None and digest_hex(digest) not in self.present:
+            return []
+        if where is None and self.installed is not None and self.installed(digest):
+            paths = listed(Path(self.store.layout.wheel_dir(digest)))
+            if any(p.suffix == ".whl" for p in paths):
+                self.unhashed.update(paths)
+                return paths
+        folder = Path((where or self.store.layout.wheel_dir)(digest))
+        return checked_files(folder, digest, self.offline)
 
     def _lookup_shared(self, entry: LockEntry) -> tuple[Path, str] | None:
         """The entry's artifact from the download cache, checked there and linked into the
@@ -257,7 +281,7 @@ class WheelCache:
         """`digest` was checked against the lock when `path` was looked up or downloaded;
         pip checks the installed wheel's hash once more (--require-hashes)."""
         if path.suffix == ".whl":
-            return Artifact(entry, path, digest, path, digest)
+            return Artifact(entry, path, digest, path, digest, path not in self.unhashed)
         wheel, wheel_digest = self._built_wheel(path, digest)
         return Artifact(entry, path, digest, wheel, wheel_digest)
 

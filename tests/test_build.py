@@ -318,8 +318,12 @@ def _corrupt(path: Path, data: bytes | None = None) -> None:
 
 
 @pytest.mark.slow
-def test_corrupt_cached_wheel_is_refetched_never_installed(index: LocalIndex,
-                                                           tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["pip", "damaged tree", "intact tree"])
+def test_corrupt_cached_wheel_is_refetched_never_installed(index: LocalIndex, tmp_path: Path,
+                                                           case: str) -> None:
+    """A wheel about to be installed is hashed first: by pip's builds always, by the trees'
+    when its tree has to be installed again. A wheel whose tree is intact is not read (the
+    tree is what the env is made from): it stays as it is, and the env is still right."""
     first = write_recipe(tmp_path / "a", index)
     hashes = lock_hashes(lock(first))
     store = tmp_path / "store"
@@ -329,16 +333,25 @@ def test_corrupt_cached_wheel_is_refetched_never_installed(index: LocalIndex,
     evil = _evil_wheel(tmp_path / "evil")
     _corrupt(alpha, evil)
     assert sha256_file(alpha) != hashes["alpha"]
+    if case == "damaged tree":
+        tree = next((store / "trees").glob(hashes["alpha"].removeprefix("sha256:") + "-*"))
+        _corrupt(next(tree.glob("root/lib/python3.*/site-packages/alpha/__init__.py")),
+                 b"# changed\n")
 
     # same dependencies, another recipe name: a new env key that needs alpha again
     second = write_recipe(tmp_path / "b", index, name="other")
     assert lock_hashes(lock(second)) == hashes
-    res = envbuild("build", second, "--store", store, "--json")
+    res = envbuild("build", second, "--store", store, "--json",
+                   *(["--installer", "pip"] if case == "pip" else []))
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert info["cached"] is False
-    assert "warning" in res.stderr.lower() and str(alpha) in res.stderr, res.stderr
-    assert sha256_file(cached_artifact(store, hashes["alpha"])) == hashes["alpha"]
+    if case == "intact tree":
+        assert "warning" not in res.stderr.lower(), res.stderr
+        assert sha256_file(alpha) != hashes["alpha"]
+    else:
+        assert "warning" in res.stderr.lower() and str(alpha) in res.stderr, res.stderr
+        assert sha256_file(cached_artifact(store, hashes["alpha"])) == hashes["alpha"]
 
     env = Path(info["path"])
     assert env.name.startswith("other-")
@@ -354,7 +367,9 @@ def test_corrupt_cached_wheel_is_refetched_never_installed(index: LocalIndex,
 
 
 @pytest.mark.slow
-def test_corrupt_cached_wheel_offline_is_refused(index: LocalIndex, tmp_path: Path) -> None:
+@pytest.mark.parametrize("installer", ["pip", "trees"])
+def test_corrupt_cached_wheel_offline_is_refused(index: LocalIndex, tmp_path: Path,
+                                                 installer: str) -> None:
     first = write_recipe(tmp_path / "a", index)
     hashes = lock_hashes(lock(first))
     store = tmp_path / "store"
@@ -362,10 +377,16 @@ def test_corrupt_cached_wheel_offline_is_refused(index: LocalIndex, tmp_path: Pa
     alpha = cached_artifact(store, hashes["alpha"])
     _corrupt(alpha)
     corrupt = alpha.read_bytes()
+    if installer == "trees":   # no tree of it left: the wheel has to be installed
+        tree = next((store / "trees").glob(hashes["alpha"].removeprefix("sha256:") + "-*"))
+        for path in [tree, *tree.rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(tree)
 
     second = write_recipe(tmp_path / "b", index, name="other")
     lock(second)
-    res = envbuild("build", second, "--store", store, "--offline")
+    res = envbuild("build", second, "--store", store, "--offline", "--installer", installer)
     assert res.returncode == 2, res.stdout + res.stderr
     assert str(alpha) in res.stderr, res.stderr
     assert [d for d in env_dirs(store) if not d.startswith("demo-")] == []

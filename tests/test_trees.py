@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -229,15 +230,37 @@ def test_a_damaged_tree_is_installed_again(tmp_path: Path, odd_recipe: Path, how
     store = tmp_path / "store"
     env = Path(build_json(odd_recipe, "--store", store, "--link", how)["path"])
     good = manifest_of(env)
+    # two trees damaged: one build finds both and installs both wheels again
     victim = next((store / "trees").glob("*/root/lib/python3.*/site-packages/odd/cli.py"))
     os.chmod(victim, 0o644)
     victim.write_bytes(victim.read_bytes() + b"# changed\n")
     os.chmod(victim, 0o444)
+    other = next((store / "trees").glob("*/root/lib/python3.*/site-packages/beta/__init__.py"))
+    os.chmod(other, 0o644)    # its mode changed: a chmod -R through a hardlinked env
     res = envbuild("build", odd_recipe, "--store", store, "--link", how, "--force")
     assert res.returncode == 0, res.stderr
-    assert "differs from its record; installing that wheel again" in res.stderr
+    assert "differs from its record (and 1 more trees); installing those wheels again" \
+        in res.stderr, res.stderr
+    assert "installing 2 of 4 wheels into the store" in res.stderr, res.stderr
     assert manifest_of(env) == good
     assert b"# changed" not in (env / victim.relative_to(victim.parents[4])).read_bytes()
+    res = envbuild("verify", env, "--level", "full")
+    assert res.returncode == 0, res.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["copy", "hardlink"])
+def test_a_strict_umask_changes_no_mode(tmp_path: Path, odd_recipe: Path, how: str) -> None:
+    """The env's files have the modes recorded for them whatever the builder's umask."""
+    store = tmp_path / "store"
+    res = subprocess.run(["sh", "-c", 'umask 077 && exec "$@"', "sh", sys.executable, "-m",
+                          "envbuild", "build", str(odd_recipe), "--store", str(store),
+                          "--link", how], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    env = Path(res.stdout.strip())
+    modes = {stat.S_IMODE(p.lstat().st_mode) for p in env.rglob("*")
+             if p.is_file() and not p.is_symlink()}
+    assert modes <= {0o444, 0o555}, modes
     res = envbuild("verify", env, "--level", "full")
     assert res.returncode == 0, res.stdout
 
