@@ -1,6 +1,7 @@
 """`envbuild` entry point. `run` and `verify` are dispatched before typer is imported:
 they sit on every launch and in CI loops, and must cost milliseconds, not the ~100 ms
-typer and rich take to import; so is a plain `build` (a cache hit in a CI loop)."""
+typer and rich take to import; so are a plain `build` (a cache hit in a CI loop) and a
+plain `lock` (whose overhead over uv's resolution was mostly typer's import)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         raise SystemExit(code)
-    if args[:1] == ["build"]:   # a CI loop's cache hit: no typer when it is not needed
-        from .fastbuild import build_main
+    if args[:1] in (["build"], ["lock"]):   # no typer when it is not needed
+        from .fastbuild import build_main, lock_main
 
-        built = build_main(args[1:])
-        if built is not None:
+        done = (build_main if args[0] == "build" else lock_main)(args[1:])
+        if done is not None:
             sys.stdout.flush()
             sys.stderr.flush()
-            raise SystemExit(built)
+            raise SystemExit(done)
     from .cli import app
 
     app()

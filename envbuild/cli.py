@@ -97,23 +97,16 @@ def lock(
 
     Example: envbuild lock recipes/webclient.toml --python 3.12 --resolver uv
     """
-    from .lock import lock_recipe, redact_url, resolver_for, resolver_name
+    from .fastbuild import lock_at
     from .recipe import load_recipe
-    from .tools import lock_target
 
     with handle_errors():
-        loaded = load_recipe(recipe)
         if check:
-            _check_lock(loaded, python)
+            _check_lock(load_recipe(recipe), python)
             return
-        name = resolver_name(resolver, loaded)
         with progress_line() as progress:
-            target = lock_target(loaded, python, store, progress, name)
-            chosen = resolver_for(name, target, store)
-            progress(f"resolving {len(loaded.dependencies)} requirements for Python "
-                     f"{target.short} against {redact_url(loaded.index_url)} with {name}")
-            path = lock_recipe(loaded, upgrade=upgrade, target=target, resolver=chosen,
-                               upgrade_packages=tuple(upgrade_package or ()))
+            path = lock_at(recipe, upgrade, tuple(upgrade_package or ()), python, store,
+                           resolver, progress)
     typer.echo(str(path))
 
 

@@ -156,9 +156,9 @@ def scan(root: Path, relpaths: Iterable[str],
          known: Mapping[str, ElfRead | None] | None = None) -> HostNeeds:
     """Host needs of the ELF files among `relpaths` (regular files, POSIX, relative to root);
     a file in `known` is taken as read there (the store's tree it came from read it)."""
-    files = sorted(set(relpaths))
-    present = set(files)
-    shipped = {posixpath.basename(p) for p in files}
+    present = set(relpaths)
+    files = sorted(present)
+    shipped = {p.rpartition("/")[2] for p in files}
     libraries: dict[str, set[str]] = {}
     versions: dict[str, dict[str, set[str]]] = {}
     glibc: set[str] = set()

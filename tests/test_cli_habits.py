@@ -105,3 +105,36 @@ def test_build_without_typer_says_what_typer_says(built: Built, tmp_path: Path) 
     for odd in (["-h"], [str(built.recipe), "--stor", "x"], [str(built.recipe), "--store"],
                 [], ["a.toml", "b.toml"], [str(built.recipe), "--store="]):
         assert parse_build(odd) is None, odd      # typer explains these
+
+
+def test_lock_without_typer_says_what_typer_says(built: Built, tmp_path: Path) -> None:
+    """A plain `envbuild lock` is parsed without typer too; the two write the same lock and
+    print the same, succeed or fail alike."""
+    recipe = tmp_path / built.recipe.name
+    recipe.write_text(built.recipe.read_text())
+    lock = recipe.with_suffix(".lock")
+    cases = [[str(recipe)], [str(recipe), "--upgrade-package", "alpha", "-P", "beta"],
+             [str(recipe), "--upgrade", "--resolver=pip-tools"],
+             [str(tmp_path / "absent.toml")], [str(recipe), "--resolver", "nope"]]
+    for args in cases:
+        lock.unlink(missing_ok=True)
+        fast = envbuild("lock", *args)
+        fast_lock = lock.read_bytes() if lock.exists() else None
+        lock.unlink(missing_ok=True)
+        typed = envbuild("--debug", "lock", *args)
+        assert fast.returncode == typed.returncode, (args, fast.stderr, typed.stderr)
+        assert fast.stdout == typed.stdout, args
+        if typed.returncode == 0:
+            assert fast.stderr == typed.stderr, args
+            assert fast_lock is not None and fast_lock.split(b"\n#\n")[1] == \
+                lock.read_bytes().split(b"\n#\n")[1], args
+        else:
+            assert typed.stderr.endswith(fast.stderr), (fast.stderr, typed.stderr)
+    from envbuild.fastbuild import parse_lock
+
+    assert parse_lock([str(recipe), "-P", "a", "--upgrade-package=b"]) == {
+        "recipe": str(recipe), "upgrade": False, "upgrade_package": ["a", "b"], "store": None,
+        "python": None, "resolver": None}
+    for odd in (["-h"], [str(recipe), "--check"], [str(recipe), "-P"], [],
+                ["a.toml", "b.toml"], [str(recipe), "--resolver="]):
+        assert parse_lock(odd) is None, odd      # typer explains these

@@ -136,7 +136,7 @@ def test_one_mapping_site() -> None:
     """Exit codes are read off errors in errors.py alone; no other module writes 125, 126
     or 127, and only the entry points call `report`."""
     entry_points = {"cliutil.py": {"handle_errors"}, "fastcli.py": {"run_main", "verify_main"},
-                    "fastbuild.py": {"build_main"},
+                    "fastbuild.py": {"run_fast"},
                     "launch.py": {"guard_main", "hook_check", "verify_and_report"},
                     "inimage.py": {"main"}}
     for path in sorted((ROOT / "envbuild").glob("*.py")):
