@@ -24,9 +24,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from .dlcache import checked_files
 from .errors import BuildError, CacheIntegrityError, InputError
 from .fsutil import publish_dir, remove_tree
-from .hashing import file_digest
 from .hostreq import ElfRead, read_elf
 from .interpreter import Interpreter
 from .manifest import Known
@@ -162,13 +162,12 @@ def _install_trees(store: Store, missing: list[tuple[Artifact, Path]],
 
 
 def _check_wheel(art: Artifact) -> None:
-    """A wheel found but not read (its tree was there) has the lock's bytes."""
-    found = file_digest(str(art.wheel))
-    if found != art.wheel_sha256:
-        remove_tree(art.wheel.parent)
+    """A wheel found but not read (its tree was there) has the lock's bytes; one that does
+    not is discarded from the wheel cache, as every lookup there discards it."""
+    if art.wheel not in checked_files(art.wheel.parent, art.wheel_sha256, offline=False):
         raise CacheIntegrityError(f"{art.wheel}: expected sha256 {art.wheel_sha256} (from the "
-                                  f"lock), found {found}; removed from the wheel cache: build "
-                                  "again to fetch it anew")
+                                  "lock), found other bytes; removed from the wheel cache: "
+                                  "build again to fetch it anew")
 
 
 def _seal_tree(art: Artifact, where: Path, staging: Path) -> Tree:

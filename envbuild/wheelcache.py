@@ -131,14 +131,16 @@ class WheelCache:
 
     def _files(self, digest: str, where: Callable[[str], str] | None) -> list[Path]:
         """The cache entry's files: hashed now, or not read if the wheel is installed."""
-        if where is None and self.present is not None and digest_hex(digest) not in self.present:
+        if where is not None:
+            return checked_files(Path(where(digest)), digest, self.offline)
+        if self.present is not None and digest_hex(digest) not in self.present:
             return []
-        if where is None and self.installed is not None and self.installed(digest):
-            paths = listed(Path(self.store.layout.wheel_dir(digest)))
+        folder = Path(self.store.layout.wheel_dir(digest))
+        if self.installed is not None and self.installed(digest):
+            paths = listed(folder)
             if any(p.suffix == ".whl" for p in paths):
                 self.unhashed.update(paths)
                 return paths
-        folder = Path((where or self.store.layout.wheel_dir)(digest))
         return checked_files(folder, digest, self.offline)
 
     def _lookup_shared(self, entry: LockEntry) -> tuple[Path, str] | None:

@@ -367,6 +367,33 @@ def test_corrupt_cached_wheel_is_refetched_never_installed(index: LocalIndex, tm
 
 
 @pytest.mark.slow
+def test_corrupt_wheel_of_an_unreadable_tree_is_removed_not_installed(
+        index: LocalIndex, tmp_path: Path) -> None:
+    """A tree whose record cannot be read is installed again; its wheel, found but not read
+    while the tree was there, is hashed first: a corrupt one is removed, named, and the
+    next build fetches it anew."""
+    first = write_recipe(tmp_path / "a", index)
+    hashes = lock_hashes(lock(first))
+    store = tmp_path / "store"
+    build_json(first, store)
+    alpha = cached_artifact(store, hashes["alpha"])
+    _corrupt(alpha, _evil_wheel(tmp_path / "evil"))
+    tree = next((store / "trees").glob(hashes["alpha"].removeprefix("sha256:") + "-*"))
+    _corrupt(tree / "tree.json", b"{not json")
+    second = write_recipe(tmp_path / "b", index, name="other")
+    lock(second)
+    res = envbuild("build", second, "--store", store)
+    assert res.returncode == 2, res.stderr
+    assert f"{alpha}: expected sha256 {hashes['alpha']}" in res.stderr, res.stderr
+    assert "build again to fetch it anew" in res.stderr
+    assert not alpha.exists()
+    res = envbuild("build", second, "--store", store, "--json")
+    assert res.returncode == 0, res.stderr
+    assert sha256_file(cached_artifact(store, hashes["alpha"])) == hashes["alpha"]
+    verify_full(Path(json.loads(res.stdout.strip().splitlines()[-1])["path"]))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("installer", ["pip", "trees"])
 def test_corrupt_cached_wheel_offline_is_refused(index: LocalIndex, tmp_path: Path,
                                                  installer: str) -> None:
