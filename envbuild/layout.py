@@ -120,9 +120,10 @@ class StoreLayout:
         """One wheel's compiled pycs, for the next build that installs it."""
         return os.path.join(self.pycs, f"{digest_hex(wheel_sha256)}-{abi}-{version}")
 
-    def tree_dir(self, wheel_sha256: str, abi: str, version: str) -> str:
-        """One wheel installed (pycs compiled) for one interpreter, which envs link from."""
-        return os.path.join(self.trees, f"{digest_hex(wheel_sha256)}-{abi}-{version}")
+    def tree_dir(self, wheel_sha256: str, abi: str, version: str, style: str) -> str:
+        """One wheel installed (pycs compiled) for one interpreter, with console scripts of
+        one style (`pipscripts`), which envs link from."""
+        return os.path.join(self.trees, f"{digest_hex(wheel_sha256)}-{abi}-{version}-{style}")
 
     def env_dir(self, name: str, env_key: str) -> str:
         return os.path.join(self.envs, f"{name}-{short_key(env_key)}")

@@ -30,6 +30,7 @@ from .fsutil import publish_dir, remove_tree
 from .hostreq import ElfRead, read_elf
 from .interpreter import Interpreter
 from .manifest import Known
+from .pipscripts import pip_style
 from .sidecars import FILES_SCHEMA, files_line, read_files, walk
 from .store import Store
 
@@ -52,7 +53,8 @@ def identity() -> str:
     it is for a build that installs a wheel)."""
     from importlib.metadata import version
 
-    return f"envbuild trees/{TREE_FORMAT} (pip's layout) installer {version('installer')}"
+    return (f"envbuild trees/{TREE_FORMAT} (pip's layout, scripts {pip_style()}) "
+            f"installer {version('installer')}")
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,9 @@ def trees_for(store: Store, artifacts: list[Artifact], interp: Interpreter,
     """One intact tree per artifact, in order, installing the missing ones."""
     found: dict[str, Tree] = {}
     missing: list[tuple[Artifact, Path]] = []
+    style = pip_style()
     for art in artifacts:
-        where = Path(store.layout.tree_dir(art.wheel_sha256, interp.abi, interp.version))
+        where = Path(store.layout.tree_dir(art.wheel_sha256, interp.abi, interp.version, style))
         tree = load_tree(where)
         if tree is None:
             missing.append((art, where))
@@ -99,8 +102,9 @@ def installed(store: Store, interp: Interpreter) -> Callable[[str], bool]:
         names = set(os.listdir(store.layout.trees))
     except OSError:
         names = set()
+    style = pip_style()
     return lambda digest: os.path.basename(
-        store.layout.tree_dir(digest, interp.abi, interp.version)) in names
+        store.layout.tree_dir(digest, interp.abi, interp.version, style)) in names
 
 
 def load_tree(where: Path) -> Tree | None:

@@ -1,9 +1,10 @@
 """One wheel installed into a directory laid out as a venv's root, by pypa's `installer`
 (the wheel as its source), with a destination that writes what pip writes into a venv:
-its scheme (headers under `include/site/pythonX.Y/NAME`), its console-script template, its
-`INSTALLER` and `REQUESTED` files and its `RECORD` (rows and order), with the scripts'
-interpreter lines already in their relocated form. So an env assembled from such trees is
-byte for byte the env pip installs and `assemble` relocates."""
+its scheme (headers under `include/site/pythonX.Y/NAME`), its console-script body (that of
+the pip beside envbuild: `pipscripts`), its `INSTALLER` and `REQUESTED` files and its
+`RECORD` (rows and order), with the scripts' interpreter lines already in their relocated
+form. So an env assembled from such trees is byte for byte the env pip installs and
+`assemble` relocates."""
 
 from __future__ import annotations
 
@@ -26,16 +27,8 @@ from installer.utils import Scheme
 from .carried import TRAMPOLINE
 from .errors import BuildError
 from .hashing import record_digest
+from .pipscripts import pip_body
 
-# pip's console-script body (its vendored distlib's template)
-_SCRIPT = """# -*- coding: utf-8 -*-
-import re
-import sys
-from {module} import {import_name}
-if __name__ == '__main__':
-    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
-    sys.exit({func}())
-"""
 _VERSIONED = {"pip": re.compile(r"pip(\d+(\.\d+)?)?$"),
               "easy_install": re.compile(r"easy_install(-\d+\.\d+)?$")}
 
@@ -93,7 +86,8 @@ class PipLayout(WheelDestination):
         if not self.entry_points.get((section, name)):
             return RecordEntry(name, None, None)   # a versioned pip/easy_install name
         for script in _script_names(name, section, self.entry_points, self.xy):
-            body = _SCRIPT.format(module=module, import_name=attr.split(".")[0], func=attr)
+            body = pip_body()[1].format(module=module, import_name=attr.split(".")[0],
+                                        func=attr)
             target, record_path = self._place("scripts", script)
             self._write(target, TRAMPOLINE + body.encode("utf-8"), executable=True)
             self.generated.append(record_path)
