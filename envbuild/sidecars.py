@@ -21,6 +21,10 @@ import stat
 from .errors import NotAnEnvError
 from .layout import MANIFEST, META
 
+TYPE_CHECKING = False   # not typing's: importing typing costs the launch path `re`
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 QUICK_SCHEMA = "envbuild.quick/1"
 FILES_SCHEMA = "envbuild.files/1"
 
@@ -124,6 +128,14 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 def walk(env: str, errors: list[tuple[str, str]] | None = None,
          start: str = "", skip: set[str] | frozenset[str] = frozenset()
          ) -> dict[str, os.stat_result]:
+    """Every path under env (relative POSIX) with its lstat, outside the manifest and META:
+    `scan` as a map."""
+    return dict(scan(env, errors, start, skip))
+
+
+def scan(env: str, errors: list[tuple[str, str]] | None = None,
+         start: str = "", skip: set[str] | frozenset[str] = frozenset()
+         ) -> Iterator[tuple[str, os.stat_result]]:
     """Every path under env (relative POSIX) with its lstat, outside the manifest and META;
     with `start`, only those under that relative dir; the dirs in `skip` are listed but
     not entered. With `errors`, a directory that cannot be read is appended as
@@ -132,7 +144,6 @@ def walk(env: str, errors: list[tuple[str, str]] | None = None,
     Each directory is opened relative to the env's (O_NOFOLLOW: a directory swapped for a
     symlink during the walk is not followed) and listed by its descriptor, so each lstat
     resolves one name, not the whole path from `/`."""
-    out: dict[str, os.stat_result] = {}
     root = os.open(env, _DIR_FLAGS)
     stack = [start]
     isdir = stat.S_ISDIR
@@ -149,9 +160,9 @@ def walk(env: str, errors: list[tuple[str, str]] | None = None,
                                 continue
                             sub = prefix + entry.name
                             st = entry.stat(follow_symlinks=False)
-                            out[sub] = st
                             if isdir(st.st_mode) and sub not in skip:
                                 stack.append(sub)
+                            yield sub, st
                 finally:
                     if fd != root:
                         os.close(fd)
@@ -161,7 +172,6 @@ def walk(env: str, errors: list[tuple[str, str]] | None = None,
                 errors.append((rel or ".", exc.strerror or str(exc)))
     finally:
         os.close(root)
-    return out
 
 
 def read_manifest_bytes(env: str) -> bytes:

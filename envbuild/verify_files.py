@@ -9,7 +9,7 @@ import stat
 
 from .hashing import sha256
 from .layout import FILES, MANIFEST, META
-from .sidecars import FILES_SCHEMA, parse_files_lines, read_files, walk
+from .sidecars import FILES_SCHEMA, parse_files_lines, read_files, scan, walk
 from .verify import WRITABLE, Difference, bound_sidecar, owner_mode_diff
 
 
@@ -20,10 +20,10 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
         return
     if not content:
         try:
-            if _files_level_on_two(env, data.decode("utf-8"), trusted, diffs):
+            if _files_level(env, data.decode("utf-8"), trusted, diffs):
                 return
         except (ValueError, UnicodeDecodeError):
-            pass   # reported below, by the one-process check
+            pass   # reported below, by the check that parses every line
     try:
         recorded = read_files(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -56,39 +56,51 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
             diffs.append(Difference("modified", rel, f"sha256:{want}", f"sha256:{got}"))
 
 
-# ---- the files level on two processes ------------------------------------------------------
-# What costs is one lstat per path and Python's work around it: the tree is cut into
-# subtrees, half of which a forked child walks and compares against its share of the
-# (sorted) sidecar, while this process does the other half; the child sends back only
-# its differences.
+# ---- the files level, as the tree is walked, on two processes ------------------------------
+# What costs is one lstat per path and Python's work around it. Each path's lstat is held
+# against its sidecar line as text (kind, mode and size, as the build wrote them): only a
+# line that differs is parsed and compared in full. And the tree is cut into subtrees, half
+# of which a forked child walks and compares against its share of the (sorted) sidecar,
+# while this process does the other half; the child sends back only its differences.
 
 _FANOUT = 64      # enough subtrees to share out evenly
 _MIN_LINES = 4096  # below this, a fork costs more than it saves
 
 
-def _files_level_on_two(env: str, text: str, trusted: set[int],
-                        diffs: list[Difference]) -> bool:
-    """The files level with a forked helper; False (nothing done) where that does not pay
-    or cannot be done: the caller then checks in one process."""
+def _files_level(env: str, text: str, trusted: set[int], diffs: list[Difference]) -> bool:
+    """The files level, with a forked helper where that pays; False (nothing done) where
+    a path needs unescaping: the caller then parses every line."""
     lines = text.split("\n")
-    if lines[0] != FILES_SCHEMA or len(lines) < _MIN_LINES or "\\" in text:
-        return False
-    if _forking_unsafe():
+    if lines[0] != FILES_SCHEMA or "\\" in text:
         return False
     lines = [line for line in lines[1:] if line]
-    paths = [line.rpartition("\t")[2] for line in lines]
     upper, units, unreadable = _frontier(env)
     shares: list[list[tuple[str, int, int]]] = [[], []]
     weights = [0, 0]
     taken: list[tuple[int, int]] = []
     for unit in units:
-        lo = _bisect(paths, unit + "/")
-        hi = _bisect(paths, unit + "0")    # "0" follows "/": every path under unit/
+        lo = _bisect(lines, unit + "/")
+        hi = _bisect(lines, unit + "0")    # "0" follows "/": every path under unit/
         taken.append((lo, hi))
     for (lo, hi), unit in sorted(zip(taken, units), key=lambda t: t[0][0] - t[0][1]):
         lighter = 0 if weights[0] <= weights[1] else 1   # the biggest subtrees first
         shares[lighter].append((unit, lo, hi))
         weights[lighter] += hi - lo + 1
+    for rel, why in unreadable:
+        diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
+    outside = _outside(lines, taken)
+    _compare_tree(env, parse_files_lines(outside, False), upper, trusted, diffs)
+    if len(lines) < _MIN_LINES or _forking_unsafe() or not _on_two(env, lines, shares,
+                                                                    trusted, diffs):
+        for share in shares:
+            _check_share(env, lines, share, trusted, diffs)
+    return True
+
+
+def _on_two(env: str, lines: list[str], shares: list[list[tuple[str, int, int]]],
+            trusted: set[int], diffs: list[Difference]) -> bool:
+    """The two shares checked at once, the second by a forked child; False (nothing done)
+    where the fork fails."""
     rfd, wfd = os.pipe()
     from .children import DefaultSigchld
 
@@ -113,10 +125,6 @@ def _files_level_on_two(env: str, text: str, trusted: set[int],
                 os._exit(status)
         os.close(wfd)
         try:
-            for rel, why in unreadable:
-                diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
-            outside = _outside(lines, taken)
-            _compare_tree(env, parse_files_lines(outside, False), upper, trusted, diffs)
             _check_share(env, lines, shares[0], trusted, diffs)
             with open(rfd, encoding="utf-8", errors="surrogateescape") as fh:
                 report = fh.read().split("\n")
@@ -138,11 +146,12 @@ def _forking_unsafe() -> bool:
     return threading is not None and threading.active_count() > 1
 
 
-def _bisect(paths: list[str], key: str) -> int:
-    lo, hi = 0, len(paths)
+def _bisect(lines: list[str], key: str) -> int:
+    """The first of the (sorted) sidecar lines whose path is not below `key`."""
+    lo, hi = 0, len(lines)
     while lo < hi:
         mid = (lo + hi) // 2
-        if paths[mid] < key:
+        if lines[mid].rpartition("\t")[2] < key:
             lo = mid + 1
         else:
             hi = mid
@@ -188,11 +197,46 @@ def _outside(lines: list[str], taken: list[tuple[int, int]]) -> list[str]:
 def _check_share(env: str, lines: list[str], share: list[tuple[str, int, int]],
                  trusted: set[int], diffs: list[Difference]) -> None:
     for unit, lo, hi in share:
-        unreadable: list[tuple[str, str]] = []
-        found = walk(env, unreadable, start=unit)
-        for rel, why in unreadable:
-            diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
-        _compare_tree(env, parse_files_lines(lines[lo:hi], False), found, trusted, diffs)
+        _walk_compare(env, unit, {line.rpartition("\t")[2]: line for line in lines[lo:hi]},
+                      trusted, diffs)
+
+
+def _walk_compare(env: str, start: str, recorded: dict[str, str], trusted: set[int],
+                  diffs: list[Difference]) -> None:
+    """`_compare_tree` of the subtree `start`, from its sidecar lines (by path) as they
+    are, each path compared as the walk finds it."""
+    odd: dict[str, os.stat_result] = {}     # recorded paths whose line says otherwise
+    extra: list[Difference] = []
+    unreadable: list[tuple[str, str]] = []
+    prefixes = _PREFIXES
+    isdir, islnk = stat.S_ISDIR, stat.S_ISLNK
+    for rel, st in scan(env, unreadable, start):
+        mode = st.st_mode
+        line = recorded.pop(rel, None)
+        if line is None:
+            if not isdir(mode):
+                extra.append(Difference("added", rel, "absent", "present"))
+        else:
+            prefix = prefixes.get(mode)
+            if prefix is None:
+                prefix = prefixes[mode] = (f"f\t{stat.S_IMODE(mode):04o}\t"
+                                           if stat.S_ISREG(mode) else "\0")
+            if not line.startswith(f"{prefix}{st.st_size}\t"):
+                odd[rel] = st
+                recorded[rel] = line    # parsed below, with what is missing
+        if st.st_uid not in trusted or (mode & WRITABLE and not islnk(mode)):
+            owner_mode_diff(rel, st, trusted, extra)
+    for rel, why in unreadable:
+        diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
+    if recorded:   # odd or missing: the full comparison's words
+        _compare_recorded(env, parse_files_lines([recorded[rel] for rel in sorted(recorded)],
+                                                 False), odd, diffs)
+    diffs.extend(sorted(extra, key=lambda d: d.subject))
+
+
+# a regular file's st_mode -> how its sidecar line starts ("\0", matching no line, for
+# other kinds: a symlink's target is read, not its lstat compared)
+_PREFIXES: dict[int, str] = {}
 
 
 def _compare_tree(env: str, recorded: dict[str, tuple[str, int, int, str]],
@@ -200,6 +244,21 @@ def _compare_tree(env: str, recorded: dict[str, tuple[str, int, int, str]],
                   diffs: list[Difference]) -> list[str]:
     """Every path as the files sidecar records it; the regular files that match in all but
     their content, which only the full level reads."""
+    intact = _compare_recorded(env, recorded, found, diffs)
+    extra: list[Difference] = []
+    for rel, st in found.items():   # in the walk's order: what it finds is sorted below
+        if rel not in recorded and not stat.S_ISDIR(st.st_mode):
+            extra.append(Difference("added", rel, "absent", "present"))
+        if st.st_uid not in trusted or (st.st_mode & WRITABLE and not stat.S_ISLNK(st.st_mode)):
+            owner_mode_diff(rel, st, trusted, extra)
+    diffs.extend(sorted(extra, key=lambda d: d.subject))
+    return intact
+
+
+def _compare_recorded(env: str, recorded: dict[str, tuple[str, int, int, str]],
+                      found: dict[str, os.stat_result], diffs: list[Difference]) -> list[str]:
+    """Each recorded path against its lstat in `found`: what differs; the regular files
+    that match in all but their content."""
     intact: list[str] = []
     for rel, (kind, mode, size, digest) in recorded.items():   # in the sidecar's order
         st = found.get(rel)
@@ -216,13 +275,6 @@ def _compare_tree(env: str, recorded: dict[str, tuple[str, int, int, str]],
                 diffs.append(Difference("permissions", rel, f"mode {mode:04o}",
                                         f"mode {stat.S_IMODE(st.st_mode):04o}"))
             intact.append(rel)
-    extra: list[Difference] = []
-    for rel, st in found.items():   # in the walk's order: what it finds is sorted below
-        if rel not in recorded and not stat.S_ISDIR(st.st_mode):
-            extra.append(Difference("added", rel, "absent", "present"))
-        if st.st_uid not in trusted or (st.st_mode & WRITABLE and not stat.S_ISLNK(st.st_mode)):
-            owner_mode_diff(rel, st, trusted, extra)
-    diffs.extend(sorted(extra, key=lambda d: d.subject))
     return intact
 
 
