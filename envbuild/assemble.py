@@ -5,9 +5,12 @@ reuse an env imports this."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Collection
@@ -17,6 +20,7 @@ from pathlib import Path
 from .build import Progress
 from .bytecode import compile_env, compile_launch
 from .carried import HOOK_PTH, TRAMPOLINE, hook_line, install_launcher
+from .fsutil import publish_dir, remove_tree
 from .hashing import record_digest, sha256_bytes
 from .hostreq import scan
 from .interpreter import Interpreter
@@ -46,8 +50,7 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     `link` None installed by pip (the reference installer)."""
     progress(f"creating a venv for Python {interp.version}")
     with ThreadPoolExecutor(1) as pool:   # the trees' records are read meanwhile
-        venv = pool.submit(run_tool, [interp.executable, "-I", "-m", "venv", "--without-pip",
-                                      "--prompt", recipe.name, str(tmp)], env=hermetic_env())
+        venv = pool.submit(_venv, tmp, interp, recipe.name, store)
         trees = trees_for(store, artifacts, interp, progress) if link is not None else []
         venv.result()
     linked = None
@@ -145,13 +148,45 @@ def _relocate(tmp: Path, interp: Interpreter) -> None:
         if new is not None:
             path.write_bytes(new)
             rewritten[f"bin/{path.name}"] = new
+    _relocate_venv(tmp)
+    _update_records(tmp / interp.site, tmp, rewritten)
+
+
+VENV_FORMAT = "1"   # what an empty venv in the store holds; a change makes new ones
+
+
+def _venv(tmp: Path, interp: Interpreter, prompt: str, store: Store) -> None:
+    """`python -m venv --without-pip --prompt PROMPT` at `tmp`, relocated: copied from the
+    store's empty venv of this interpreter and prompt, made there once. What venv writes
+    names its dir only where `_relocate` takes it out, so the copy is the same bytes."""
+    material = json.dumps({"format": VENV_FORMAT, "interpreter": interp.identity(),
+                           "prompt": prompt}, sort_keys=True, separators=(",", ":"))
+    final = Path(store.layout.venv_dir(hashlib.sha256(material.encode()).hexdigest()[:32]))
+    if not final.is_dir():
+        os.makedirs(store.layout.venvs, exist_ok=True)
+        made = Path(tempfile.mkdtemp(prefix=".tmp-", dir=store.layout.venvs))
+        try:
+            os.chmod(made, 0o755)    # as venv makes it: other users of the store copy it
+            run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt",
+                      prompt, str(made)], env=hermetic_env())
+            _relocate_venv(made)
+            if not publish_dir(made, final):   # another build made it first
+                remove_tree(made)
+        except BaseException:
+            remove_tree(made)
+            raise
+    shutil.copytree(final, tmp, symlinks=True, dirs_exist_ok=True)
+
+
+def _relocate_venv(tmp: Path) -> None:
+    """What venv writes that names its dir, made relative or taken out."""
+    bin_dir = tmp / "bin"
     _relocate_activate(bin_dir, str(tmp))
     # csh cannot find its own script's path; rather no activate.csh than a wrong one
     (bin_dir / "activate.csh").unlink(missing_ok=True)
     cfg = tmp / "pyvenv.cfg"
     cfg.write_text("".join(line for line in cfg.read_text().splitlines(True)
                            if not line.startswith("command = ")))
-    _update_records(tmp / interp.site, tmp, rewritten)
 
 
 def _retarget_script(data: bytes, prefix: bytes) -> bytes | None:

@@ -107,6 +107,7 @@ class StoreLayout:
         self.tools = os.path.join(root, "tools")     # made when a tool venv is first built
         self.uv_cache = os.path.join(root, "uv-cache")    # `lock --resolver uv`'s, made by uv
         self.trees = os.path.join(root, "trees")     # made when a wheel is first installed
+        self.venvs = os.path.join(root, "venvs")     # made when an interpreter first builds
 
     def wheel_dir(self, sha256: str) -> str:
         """Every artifact under its own hash: `wheels/<hex>/FILE`."""
@@ -119,6 +120,11 @@ class StoreLayout:
     def pyc_dir(self, wheel_sha256: str, abi: str, version: str) -> str:
         """One wheel's compiled pycs, for the next build that installs it."""
         return os.path.join(self.pycs, f"{digest_hex(wheel_sha256)}-{abi}-{version}")
+
+    def venv_dir(self, key: str) -> str:
+        """An empty venv, relocated, that builds copy instead of running `python -m venv`:
+        one per interpreter and prompt (`key` hashes both)."""
+        return os.path.join(self.venvs, key)
 
     def tree_dir(self, wheel_sha256: str, abi: str, version: str, style: str) -> str:
         """One wheel installed (pycs compiled) for one interpreter, with console scripts of
