@@ -5,9 +5,7 @@ reuse an env imports this."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -24,7 +22,7 @@ from .fsutil import publish_dir, remove_tree
 from .hashing import record_digest, sha256_bytes
 from .hostreq import scan
 from .interpreter import Interpreter
-from .layout import LAUNCH_DIR
+from .layout import LAUNCH_DIR, digest_hex
 from .lock import Lock
 from .manifest import (
     Distribution,
@@ -32,6 +30,7 @@ from .manifest import (
     LaunchPolicy,
     Manifest,
     RecordMismatch,
+    canonical,
     seal,
 )
 from .proc import hermetic_env, pip_argv, run_tool
@@ -148,8 +147,7 @@ def _relocate(tmp: Path, interp: Interpreter) -> None:
         if new is not None:
             path.write_bytes(new)
             rewritten[f"bin/{path.name}"] = new
-    _relocate_venv(tmp)
-    _update_records(tmp / interp.site, tmp, rewritten)
+    _update_records(tmp / interp.site, tmp, rewritten)   # the venv came relocated (_venv)
 
 
 VENV_FORMAT = "1"   # what an empty venv in the store holds; a change makes new ones
@@ -158,10 +156,10 @@ VENV_FORMAT = "1"   # what an empty venv in the store holds; a change makes new 
 def _venv(tmp: Path, interp: Interpreter, prompt: str, store: Store) -> None:
     """`python -m venv --without-pip --prompt PROMPT` at `tmp`, relocated: copied from the
     store's empty venv of this interpreter and prompt, made there once. What venv writes
-    names its dir only where `_relocate` takes it out, so the copy is the same bytes."""
-    material = json.dumps({"format": VENV_FORMAT, "interpreter": interp.identity(),
-                           "prompt": prompt}, sort_keys=True, separators=(",", ":"))
-    final = Path(store.layout.venv_dir(hashlib.sha256(material.encode()).hexdigest()[:32]))
+    names its dir only where `_relocate_venv` takes it out, so the copy is the same bytes."""
+    key = sha256_bytes(canonical({"format": VENV_FORMAT, "interpreter": interp.identity(),
+                                  "prompt": prompt}))
+    final = Path(store.layout.venv_dir(digest_hex(key)[:32]))
     if not final.is_dir():
         os.makedirs(store.layout.venvs, exist_ok=True)
         made = Path(tempfile.mkdtemp(prefix=".tmp-", dir=store.layout.venvs))
