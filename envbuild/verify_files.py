@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 
+from .findwalk import Listing, Odd
 from .hashing import sha256
 from .layout import FILES, MANIFEST, META
 from .sidecars import FILES_SCHEMA, parse_files_lines, read_files, scan, walk
@@ -20,7 +21,7 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
         return
     if not content:
         try:
-            if _files_level(env, data.decode("utf-8"), trusted, diffs):
+            if _files_level(env, data, trusted, diffs):
                 return
         except (ValueError, UnicodeDecodeError):
             pass   # reported below, by the check that parses every line
@@ -56,20 +57,23 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
             diffs.append(Difference("modified", rel, f"sha256:{want}", f"sha256:{got}"))
 
 
-# ---- the files level, as the tree is walked, on two processes ------------------------------
-# What costs is one lstat per path and Python's work around it. Each path's lstat is held
-# against its sidecar line as text (kind, mode and size, as the build wrote them): only a
-# line that differs is parsed and compared in full. And the tree is cut into subtrees, half
-# of which a forked child walks and compares against its share of the (sorted) sidecar,
-# while this process does the other half; the child sends back only its differences.
+# ---- the files level, as the tree is walked, in two halves at once ---------------------------
+# What costs is one lstat per path and Python's work around it. The tree is cut into
+# subtrees, shared out in two halves. Where the host has GNU find, two finds list the halves
+# (`findwalk`) and only the paths whose listing differs from their sidecar line are looked at
+# here. Else each path's lstat is held against its sidecar line as text (kind, mode and
+# size, as the build wrote them), only a line that differs parsed and compared in full; a
+# forked child walks one half, this process the other, and the child sends back only its
+# differences.
 
 _FANOUT = 64      # enough subtrees to share out evenly
-_MIN_LINES = 4096  # below this, a fork costs more than it saves
+_MIN_LINES = 4096  # below this, a find or a fork costs more than it saves
 
 
-def _files_level(env: str, text: str, trusted: set[int], diffs: list[Difference]) -> bool:
-    """The files level, with a forked helper where that pays; False (nothing done) where
-    a path needs unescaping: the caller then parses every line."""
+def _files_level(env: str, data: bytes, trusted: set[int], diffs: list[Difference]) -> bool:
+    """The files level, with GNU find or a forked helper where that pays; False (nothing
+    done) where a path needs unescaping: the caller then parses every line."""
+    text = data.decode("utf-8")
     lines = text.split("\n")
     if lines[0] != FILES_SCHEMA or "\\" in text:
         return False
@@ -89,11 +93,49 @@ def _files_level(env: str, text: str, trusted: set[int], diffs: list[Difference]
     for rel, why in unreadable:
         diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
     outside = _outside(lines, taken)
-    _compare_tree(env, parse_files_lines(outside, False), upper, trusted, diffs)
+    listing = None if len(lines) < _MIN_LINES else \
+        Listing.start(env, [[unit for unit, _, _ in share] for share in shares], trusted)
+    try:
+        _compare_tree(env, parse_files_lines(outside, False), upper, trusted, diffs)
+        odd = listing.odd(data, units) if listing is not None else None
+    finally:
+        if listing is not None:
+            listing.close()
+    if odd is not None and _compare_odd(env, lines, odd, trusted, diffs):
+        return True
     if len(lines) < _MIN_LINES or _forking_unsafe() or not _on_two(env, lines, shares,
                                                                     trusted, diffs):
         for share in shares:
             _check_share(env, lines, share, trusted, diffs)
+    return True
+
+
+def _compare_odd(env: str, lines: list[str], odd: Odd, trusted: set[int],
+                 diffs: list[Difference]) -> bool:
+    """`_compare_tree` of the paths find did not match, each with its lstat now; False
+    (nothing done) where one cannot be read."""
+    found: dict[str, os.stat_result] = {}
+    for rel in odd.paths | odd.marked:
+        try:
+            found[rel] = os.lstat(os.path.join(env, rel))
+        except FileNotFoundError:
+            pass   # missing, or gone since find listed it
+        except OSError:
+            return False
+    recorded_lines = []
+    for rel in sorted(odd.paths):
+        at = _bisect(lines, rel)
+        if at < len(lines) and lines[at].rpartition("\t")[2] == rel:
+            recorded_lines.append(lines[at])
+    recorded = parse_files_lines(recorded_lines, False)
+    extra: list[Difference] = []
+    for rel in odd.paths - recorded.keys():
+        if rel in found and not stat.S_ISDIR(found[rel].st_mode):
+            extra.append(Difference("added", rel, "absent", "present"))
+    _compare_recorded(env, recorded, found, diffs)
+    for rel in odd.marked & found.keys():
+        owner_mode_diff(rel, found[rel], trusted, extra)
+    diffs.extend(sorted(extra, key=lambda d: d.subject))
     return True
 
 

@@ -1,5 +1,6 @@
-"""verify_files: the files level, whether on two processes (a forked helper takes half of
-the subtrees) or one, finds exactly what the full level's walk finds, but for content."""
+"""verify_files: the files level, whether by GNU find (two of them, one per half of the
+subtrees), on two processes (a forked helper takes half of the subtrees) or on one, finds
+exactly what the full level's walk finds, but for content."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from conftest import Built
 from test_verify import SITE, add_file, freeze, rewrite, tampered_copy
 
-from envbuild import verify_files
+from envbuild import findwalk, verify_files
 from envbuild.verify import verify
 
 
@@ -22,26 +23,39 @@ def _reference(env: Path) -> list[str]:
                   if not (d.kind == "modified" and d.expected.startswith("sha256:")))
 
 
-def _lines(env: Path, split: bool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    monkeypatch.setattr(verify_files, "_MIN_LINES", 0 if split else 1 << 30)
-    forks = []
-    real_fork = os.fork
+def _lines(env: Path, how: str, monkeypatch: pytest.MonkeyPatch,
+           finds: tuple[str, ...] = findwalk.FINDS) -> list[str]:
+    """The files level's differences, walked `how`: "one" process, "two", or by "find"
+    (`finds` the programs it tries, "find-failed" where each of them fails)."""
+    monkeypatch.setattr(verify_files, "_MIN_LINES", 1 << 30 if how == "one" else 0)
+    monkeypatch.setattr(verify_files, "_FANOUT", 4)   # subtrees to share out, in a small env
+    monkeypatch.setattr(findwalk, "FINDS", finds if how.startswith("find") else ())
+    forks, spawns = [], []
+    real_fork, real_spawn = os.fork, os.posix_spawn
 
     def counting_fork() -> int:
         forks.append(1)
         return real_fork()
 
+    def counting_spawn(*args: object, **kwargs: object) -> int:
+        spawns.append(1)
+        return real_spawn(*args, **kwargs)  # type: ignore[arg-type]
+
     monkeypatch.setattr(os, "fork", counting_fork)
+    monkeypatch.setattr(os, "posix_spawn", counting_spawn)
     report = verify(str(env), level="files")
-    assert bool(forks) == split
+    assert (bool(forks), bool(spawns)) == {"one": (False, False), "two": (True, False),
+                                           "find": (False, True),
+                                           "find-failed": (True, True)}[how]
     return sorted(d.line() for d in report.differences)
 
 
-def test_intact_env_on_two_processes(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _lines(built.env, True, monkeypatch) == []
+@pytest.mark.parametrize("how", ["two", "find"])
+def test_intact_env(built: Built, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _lines(built.env, how, monkeypatch) == []
 
 
-def test_two_processes_find_what_one_finds(built: Built, tmp_path: Path,
+def test_every_walk_finds_what_the_full_level_finds(built: Built, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     env = tampered_copy(built, tmp_path)
     add_file(env / "top-level-added", b"x")                            # upper levels
@@ -50,20 +64,41 @@ def test_two_processes_find_what_one_finds(built: Built, tmp_path: Path,
     (env / SITE / "gamma.py").unlink()                                   # missing
     (env / "bin" / "alpha").chmod(0o777)                                 # permissions
     rewrite(env / SITE / "alpha" / "__init__.py", b"x")                 # size, in a subtree
-    (env / SITE / "alpha-2.0.dist-info" / "RECORD").chmod(0o666)        # writable
+    (env / SITE / "alpha-2.0.dist-info" / "RECORD").chmod(0o664)        # group-writable
+    (env / SITE / "delta-1.0.dist-info" / "METADATA").chmod(0o446)      # world-writable
     (env / SITE / "alpha-2.0.dist-info" / "METADATA").chmod(0o400)      # another mode
     os.chown(env / SITE / "alpha-2.0.dist-info" / "WHEEL", 12345, -1)   # owner
     (env / "bin" / "python3").unlink()                                   # a symlink ...
     (env / "bin" / "python3").symlink_to("/bin/sh")                      # ... retargeted
     (env / SITE / "delta-1.0.dist-info" / "RECORD").unlink()             # a file ...
     (env / SITE / "delta-1.0.dist-info" / "RECORD").mkdir()              # ... now a dir
+    (env / SITE / "alpha-2.0.dist-info" / "INSTALLER").unlink()          # missing, in one
     freeze(env)
-    one = _lines(env, False, monkeypatch)
-    two = _lines(env, True, monkeypatch)
-    assert one == two == _reference(env)
+    one = _lines(env, "one", monkeypatch)
+    two = _lines(env, "two", monkeypatch)
+    by_find = _lines(env, "find", monkeypatch)
+    assert one == two == by_find == _reference(env)
     for subject in ("top-level-added", f"{SITE}/alpha/added.py", f"{SITE}/delta.py",
                     f"{SITE}/gamma.py", "bin/alpha", f"{SITE}/alpha/__init__.py",
                     f"{SITE}/alpha-2.0.dist-info/RECORD", f"{SITE}/alpha-2.0.dist-info/METADATA",
                     f"{SITE}/alpha-2.0.dist-info/WHEEL", "bin/python3",
-                    f"{SITE}/delta-1.0.dist-info/RECORD"):
+                    f"{SITE}/delta-1.0.dist-info/RECORD",
+                    f"{SITE}/alpha-2.0.dist-info/INSTALLER",
+                    f"{SITE}/delta-1.0.dist-info/METADATA"):
         assert any(f": {subject}: " in line for line in two), (subject, two)
+
+
+def test_a_find_that_fails_leaves_it_to_python(built: Built, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A find without `-printf` (BusyBox's), or one that meets a dir it cannot read: the
+    walk in Python reports what it would have."""
+    env = tampered_copy(built, tmp_path)
+    rewrite(env / SITE / "delta.py", b"grown " * 10)
+    (env / SITE / "gamma.py").unlink()
+    freeze(env)
+    busybox = tmp_path / "find"
+    busybox.write_text("#!/bin/sh\necho 'find: unrecognized: -printf' >&2\nexit 1\n")
+    busybox.chmod(0o755)
+    failed = _lines(env, "find-failed", monkeypatch, (str(busybox),))
+    assert failed == _lines(env, "one", monkeypatch) == _reference(env)
+    assert any(f": {SITE}/gamma.py: " in line for line in failed)
