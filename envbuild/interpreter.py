@@ -12,14 +12,15 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from packaging import tags
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, ToolError
 from .hashing import file_digest
 from .host import cached, interpreter_digest, remember
 from .proc import hermetic_env, run_tool
+
+if TYPE_CHECKING:
+    from packaging.tags import Tag
 
 # Run inside the target interpreter, which may be any CPython >= 3.9 with no packages.
 _PROBE = r"""
@@ -99,7 +100,11 @@ class Interpreter:
                 "executable": self.executable, "sha256": self.sha256,
                 "stdlib_digest": self.stdlib_digest, "libpython": self.libpython}
 
-    def supported_tags(self) -> set[tags.Tag]:
+    def supported_tags(self) -> set[Tag]:
+        """The wheel tags this interpreter installs (`packaging.tags`: imported here, for a
+        build that picks wheels, not for one that finds its env in the store)."""
+        from packaging import tags
+
         major, minor = (int(x) for x in self.version.split(".")[:2])
         if self.foreign_platforms:
             platforms = list(self.foreign_platforms)

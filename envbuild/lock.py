@@ -20,7 +20,7 @@ from packaging.utils import canonicalize_name
 from .errors import LockError, ToolError, UsageError
 from .fsutil import atomic_write
 from .pipfail import lock_failure
-from .proc import hermetic_env, run_tool
+from .proc import dist_version, hermetic_env, run_tool
 from .recipe import RESOLVERS, Recipe
 from .trust import find_trust
 
@@ -63,9 +63,7 @@ class PipToolsResolver:
         self.python = python or sys.executable
 
     def version(self) -> str:
-        from importlib.metadata import version
-
-        return version("pip-tools")
+        return dist_version("pip-tools", "piptools") or "(not installed)"
 
     def resolve(self, recipe: Recipe, previous: str | None, upgrade: bool,
                 upgrade_packages: tuple[str, ...]) -> str:

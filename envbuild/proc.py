@@ -76,6 +76,40 @@ def installer_identity() -> str:
     return f"pip {pip.__version__}"
 
 
+def dist_version(name: str, module: str | None = None) -> str | None:
+    """An installed distribution's version, from the METADATA of its dist-info beside its
+    top-level `module` (by default its name), as `importlib.metadata` finds it; None if not
+    installed. (Importing
+    `importlib.metadata` costs more than a build that finds its env in the store spends
+    on anything else but the check.)"""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec(module or name.replace("-", "_"))
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin:
+        site = os.path.dirname(os.path.dirname(spec.origin))
+        prefix = name.replace("-", "_").lower() + "-"
+        for entry in os.listdir(site):
+            if entry.lower().startswith(prefix) and entry.endswith(".dist-info"):
+                try:
+                    with open(os.path.join(site, entry, "METADATA"), encoding="utf-8") as fh:
+                        for line in fh:
+                            if line.startswith("Version:"):
+                                return line.partition(":")[2].strip()
+                            if not line.strip():
+                                break   # the headers end: no version there
+                except OSError:
+                    break
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def pip_argv(*args: str) -> list[str]:
     """pip as shipped beside envbuild, whatever interpreter it will act on."""
     return [sys.executable, "-m", "pip", *args]

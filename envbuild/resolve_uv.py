@@ -45,12 +45,12 @@ def find_uv() -> str:
 
 def uv_version() -> str:
     """The installed `uv` package's version: that of the binary `find_uv` returns."""
-    from importlib.metadata import PackageNotFoundError, version
+    from .proc import dist_version
 
-    try:
-        return version("uv")
-    except PackageNotFoundError:
-        raise InputError(MISSING) from None
+    found = dist_version("uv")
+    if found is None:
+        raise InputError(MISSING)
+    return found
 
 
 class UvResolver:

@@ -31,6 +31,7 @@ from .hostreq import ElfRead, read_elf
 from .interpreter import Interpreter
 from .manifest import Known
 from .pipscripts import pip_style
+from .proc import dist_version
 from .sidecars import FILES_SCHEMA, files_line, read_files, walk
 from .store import Store
 
@@ -51,10 +52,8 @@ _NO_REFLINK = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.
 def identity() -> str:
     """The installer's identity, for `env_key` (its version from its metadata: importing
     it is for a build that installs a wheel)."""
-    from importlib.metadata import version
-
     return (f"envbuild trees/{TREE_FORMAT} (pip's layout, scripts {pip_style()}) "
-            f"installer {version('installer')}")
+            f"installer {dist_version('installer')}")
 
 
 @dataclass(frozen=True)

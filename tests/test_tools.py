@@ -117,3 +117,32 @@ def test_target_outside_requires_python_is_refused_before_installing(
     assert res.returncode == 2, res.stderr
     assert "requires-python: expected an interpreter matching '>=3.10', found" in res.stderr
     assert not (tmp_path / "store" / "tools").exists()
+
+
+def test_dist_version_reads_what_importlib_metadata_reads() -> None:
+    """Every distribution installed beside envbuild, by each of its top-level modules: the
+    same version `importlib.metadata` gives (found by the METADATA beside the module)."""
+    from importlib.metadata import packages_distributions
+
+    from envbuild.proc import dist_version
+
+    checked = 0
+    for module, dists in packages_distributions().items():
+        for dist in dists:
+            assert dist_version(dist, module) == version(dist), (dist, module)
+            checked += 1
+    assert checked > 20
+    assert dist_version("surely-not-installed-here") is None
+
+
+def test_dist_version_of_the_tools_without_importlib_metadata() -> None:
+    """The versions a cache hit and a lock name, read without importing
+    `importlib.metadata` (the reason `dist_version` exists)."""
+    import subprocess
+
+    code = ("import sys\nfrom envbuild.proc import dist_version\n"
+            "found = [dist_version('installer'), dist_version('pip-tools', 'piptools'),"
+            " dist_version('uv')]\n"
+            "assert None not in found, found\n"
+            "assert 'importlib.metadata' not in sys.modules, 'imported'\n")
+    subprocess.run([sys.executable, "-I", "-c", code], check=True)
