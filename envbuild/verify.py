@@ -69,17 +69,29 @@ class Report:
 def bound_sidecar(env: str, manifest: bytes, rel: str, key: bytes,
                   diffs: list[Difference]) -> bytes | None:
     """A sidecar's bytes if the manifest records their digest under `key`; else a difference."""
+    data = read_sidecar(env, rel, diffs)
+    return data if data is not None and is_bound(manifest, rel, key, data, diffs) else None
+
+
+def read_sidecar(env: str, rel: str, diffs: list[Difference]) -> bytes | None:
+    """A sidecar's bytes, not yet held to the manifest (`is_bound`); else a difference."""
     try:
         with open(os.path.join(env, rel), "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except OSError:
         diffs.append(Difference("missing", rel, "present", "absent"))
         return None
+
+
+def is_bound(manifest: bytes, rel: str, key: bytes, data: bytes,
+             diffs: list[Difference]) -> bool:
+    """Whether the manifest records the digest of the sidecar `data` under `key`; if not,
+    a difference."""
     found = sha256_bytes(data)
     if key + found.encode() + b'"' not in manifest:
         diffs.append(Difference("manifest", rel, "the digest the manifest records", found))
-        return None
-    return data
+        return False
+    return True
 
 
 def trusted_owners(env: str, uids: tuple[int, ...]) -> set[int]:

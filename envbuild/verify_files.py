@@ -11,20 +11,23 @@ from .findwalk import Listing, Odd
 from .hashing import sha256
 from .layout import FILES, MANIFEST, META
 from .sidecars import FILES_SCHEMA, parse_files_lines, read_files, scan, walk
-from .verify import WRITABLE, Difference, bound_sidecar, owner_mode_diff
+from .verify import WRITABLE, Difference, is_bound, owner_mode_diff, read_sidecar
 
 
 def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
                 diffs: list[Difference]) -> None:
-    data = bound_sidecar(env, manifest, FILES, b'"tree_digest":"', diffs)
+    data = read_sidecar(env, FILES, diffs)
     if data is None:
         return
+    bound = Bound(manifest, data, diffs)
     if not content:
         try:
-            if _files_level(env, data, trusted, diffs):
+            if _files_level(env, data, bound, trusted, diffs):
                 return
         except (ValueError, UnicodeDecodeError):
             pass   # reported below, by the check that parses every line
+    if not bound():
+        return
     try:
         recorded = read_files(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -57,6 +60,21 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
             diffs.append(Difference("modified", rel, f"sha256:{want}", f"sha256:{got}"))
 
 
+class Bound:
+    """`is_bound` of the files sidecar, asked once: the files level asks it while its finds
+    run, the other checks before they read a line."""
+
+    def __init__(self, manifest: bytes, data: bytes, diffs: list[Difference]) -> None:
+        self.manifest, self.data, self.diffs = manifest, data, diffs
+        self.answer: bool | None = None
+
+    def __call__(self) -> bool:
+        if self.answer is None:
+            self.answer = is_bound(self.manifest, FILES, b'"tree_digest":"', self.data,
+                                   self.diffs)
+        return self.answer
+
+
 # ---- the files level, as the tree is walked, in two halves at once ---------------------------
 # What costs is one lstat per path and Python's work around it. The tree is cut into
 # subtrees, shared out in two halves. Where the host has GNU find, two finds list the halves
@@ -70,14 +88,17 @@ _FANOUT = 64      # enough subtrees to share out evenly
 _MIN_LINES = 4096  # below this, a find or a fork costs more than it saves
 
 
-def _files_level(env: str, data: bytes, trusted: set[int], diffs: list[Difference]) -> bool:
+def _files_level(env: str, data: bytes, bound: Bound, trusted: set[int],
+                 diffs: list[Difference]) -> bool:
     """The files level, with GNU find or a forked helper where that pays; False (nothing
     done) where a path needs unescaping: the caller then parses every line."""
     text = data.decode("utf-8")
     lines = text.split("\n")
     if lines[0] != FILES_SCHEMA or "\\" in text:
         return False
-    lines = [line for line in lines[1:] if line]
+    del lines[0]
+    if lines and not lines[-1]:
+        lines.pop()
     upper, units, unreadable = _frontier(env)
     shares: list[list[tuple[str, int, int]]] = [[], []]
     weights = [0, 0]
@@ -90,21 +111,23 @@ def _files_level(env: str, data: bytes, trusted: set[int], diffs: list[Differenc
         lighter = 0 if weights[0] <= weights[1] else 1   # the biggest subtrees first
         shares[lighter].append((unit, lo, hi))
         weights[lighter] += hi - lo + 1
-    for rel, why in unreadable:
-        diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
-    outside = _outside(lines, taken)
-    listing = None if len(lines) < _MIN_LINES else \
-        Listing.start(env, [[unit for unit, _, _ in share] for share in shares], trusted)
-    try:
+    many = len(lines) >= _MIN_LINES
+    listing = Listing.start(env, [[unit for unit, _, _ in share] for share in shares],
+                            trusted) if many else None
+    try:   # while the finds run:
+        if not bound():
+            return True
+        for rel, why in unreadable:
+            diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
+        outside = _outside(lines, taken)
         _compare_tree(env, parse_files_lines(outside, False), upper, trusted, diffs)
-        odd = listing.odd(data, units) if listing is not None else None
+        odd = listing.odd(lines, taken) if listing is not None else None
     finally:
         if listing is not None:
             listing.close()
     if odd is not None and _compare_odd(env, lines, odd, trusted, diffs):
         return True
-    if len(lines) < _MIN_LINES or _forking_unsafe() or not _on_two(env, lines, shares,
-                                                                    trusted, diffs):
+    if not many or _forking_unsafe() or not _on_two(env, lines, shares, trusted, diffs):
         for share in shares:
             _check_share(env, lines, share, trusted, diffs)
     return True
@@ -229,11 +252,14 @@ def _frontier(env: str) -> tuple[dict[str, os.stat_result], list[str],
 
 
 def _outside(lines: list[str], taken: list[tuple[int, int]]) -> list[str]:
-    """The sidecar lines under no subtree: the upper levels'."""
-    inside = bytearray(len(lines) + 1)
-    for lo, hi in taken:
-        inside[lo:hi] = b"\1" * (hi - lo)
-    return [line for i, line in enumerate(lines) if not inside[i]]
+    """The sidecar lines under no subtree: the upper levels', between the subtrees' ranges
+    (which do not overlap)."""
+    out: list[str] = []
+    at = 0
+    for lo, hi in sorted(taken):
+        out += lines[at:lo]
+        at = max(at, hi)
+    return out + lines[at:]
 
 
 def _check_share(env: str, lines: list[str], share: list[tuple[str, int, int]],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Built
@@ -31,18 +32,18 @@ def _lines(env: Path, how: str, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(verify_files, "_FANOUT", 4)   # subtrees to share out, in a small env
     monkeypatch.setattr(findwalk, "FINDS", finds if how.startswith("find") else ())
     forks, spawns = [], []
-    real_fork, real_spawn = os.fork, os.posix_spawn
+    real_on_two, real_spawn = verify_files._on_two, findwalk._spawn
 
-    def counting_fork() -> int:
+    def counting_on_two(*args: Any) -> bool:
         forks.append(1)
-        return real_fork()
+        return real_on_two(*args)
 
-    def counting_spawn(*args: object, **kwargs: object) -> int:
+    def counting_spawn(*args: Any) -> int:
         spawns.append(1)
-        return real_spawn(*args, **kwargs)  # type: ignore[arg-type]
+        return real_spawn(*args)
 
-    monkeypatch.setattr(os, "fork", counting_fork)
-    monkeypatch.setattr(os, "posix_spawn", counting_spawn)
+    monkeypatch.setattr(verify_files, "_on_two", counting_on_two)
+    monkeypatch.setattr(findwalk, "_spawn", counting_spawn)
     report = verify(str(env), level="files")
     assert (bool(forks), bool(spawns)) == {"one": (False, False), "two": (True, False),
                                            "find": (False, True),
