@@ -1,17 +1,17 @@
-"""The files level's walk by GNU find, where the host has it: one `find` per share of the
-env's subtrees, running at once (in C, on both cores) while this process compares the upper
-levels and reads the sidecar. Stdlib only.
+"""The files level's walk by GNU find, where the host has it: one `find` lists the whole
+env, in C on a core of its own, started before the quick level's checks, while this process
+runs them and reads the sidecar on the other. Stdlib only.
 
 Each path but a directory is listed as `KIND<TAB>MODE<TAB>SIZE<TAB>PATH`, which is its
 sidecar line without the sha256: a path whose listing equals its sidecar line so cut is as
 the build left it (kind, mode and size), and nothing else is. A path owned by someone
-untrusted, or writable by group or others, is listed once more, marked. When every line is
-in the listing and the listing holds nothing else, nothing differs. Otherwise the paths
-that differ, or are marked, are few: they go back to the caller, whose own comparison
-(`verify_files`) looks at each again with lstat. So find only ever narrows what the walk in
-Python would look at, never decides a difference; anything unexpected (no GNU find, a find
-that fails, a line it cannot read, threads that make forking unsafe) gives None, and the
-caller walks in Python."""
+untrusted, or writable by group or others, is listed once more, marked. The listing is held
+against the cut lines as it comes: when every one of them is listed and nothing else is,
+nothing differs. Otherwise the paths that differ, or are marked, are few: they go back to
+the caller, whose own comparison (`verify_files`) looks at each again with lstat. So find
+only ever narrows what the walk in Python would look at, never decides a difference;
+anything unexpected (no GNU find, a find that fails, a line it cannot read, threads that
+make forking unsafe) gives None, and the caller walks in Python."""
 
 from __future__ import annotations
 
@@ -35,124 +35,125 @@ class Odd:
 
 
 class Listing:
-    """`find` over each share of subtrees (env-relative dirs), run in the env and writing
-    into a pipe of its own; `start` returns None where this host or process cannot (then
-    nothing runs)."""
+    """`find` over env-relative paths, run in the env and writing into a pipe; `start`
+    returns None where this host or process cannot (then nothing runs)."""
 
-    def __init__(self) -> None:
-        self.pids: list[int] = []
-        self.outs: list[int] = []
-        self.marks = False      # whether a line may be marked
+    def __init__(self, pid: int, out: int) -> None:
+        self.pid: int | None = pid
+        self.out: int | None = out
 
     @classmethod
-    def start(cls, env: str, shares: list[list[str]], trusted: set[int]) -> Listing | None:
+    def start(cls, env: str, starts: list[str], trusted: set[int]) -> Listing | None:
+        """`find` of `starts` (env-relative paths) and all below them."""
         find = next((f for f in FINDS if os.access(f, os.X_OK)), None)
         if (find is None or _sigchld_ignored()
-                or any(unit[0] in _NOT_A_START for share in shares for unit in share)):
-            return None   # (with SIGCHLD ignored the kernel would reap the finds unseen)
+                or any(path[0] in _NOT_A_START for path in starts)):
+            return None   # (with SIGCHLD ignored the kernel would reap the find unseen)
         owners = [w for uid in sorted(trusted) for w in ("!", "-uid", str(uid))]
-        expression = ["-mindepth", "1",
-                      "!", "-type", "l", "(", "-perm", "/022", "-o", *owners, ")",
-                      "-printf", _MARK + "%p\\0", ",",
-                      "!", "-type", "d", "-printf", _LINE]
-        listing = cls()
+        argv = [find, *starts,
+                "!", "-type", "l", "(", "-perm", "/022", "-o", *owners, ")",
+                "-printf", _MARK + "%p\\0", ",",
+                "!", "-type", "d", "-printf", _LINE]
+        out, into = os.pipe()
         try:
-            for share in shares:
-                if share:
-                    out, into = os.pipe()
-                    listing.outs.append(out)
-                    _widen(into)
-                    try:
-                        listing.pids.append(_spawn(env, into, [find, *share, *expression]))
-                    finally:
-                        os.close(into)
+            _widen(into)
+            return cls(_spawn(env, into, argv), out)
         except OSError:
-            listing.close()
+            os.close(out)
             return None
-        return listing
+        finally:
+            os.close(into)
 
-    def odd(self, lines: list[str], ranges: list[tuple[int, int]]) -> Odd | None:
-        """What differs from the sidecar `lines` (sorted, no header) in the `ranges` of
-        them under the subtrees listed; None where a find failed or listed a line this
-        cannot read."""
+    def odd(self, lines: list[str], links: bool) -> Odd | None:
+        """What differs from the sidecar `lines` (sorted, no header; `links`: some of
+        them are symlinks'); None where the find failed or listed a line this cannot read.
+        """
         # each line without its sha256 (the mode has 4 digits: the size starts at 7), cut
-        # and hashed while the finds run
+        # and hashed while the find runs
         expected = {line[:(at := line.index("\t", 7) + 1)] + line[at + _SHA_FIELD:]
-                    for lo, hi in ranges for line in lines[lo:hi]}
-        found = self._read()
-        if found is None:
-            return None
+                    for line in lines}
         odd = Odd()
-        if self.marks:
-            odd.marked = {line[1:] for line in found if line.startswith(_MARK)}
-            found.difference_update(_MARK + rel for rel in odd.marked)
-        if found == expected:
-            return odd   # every line listed, and nothing else
-        for line in found - expected:
-            if line.count("\t") != 3:
+        if links:   # a symlink's line records its target: each is looked at again
+            for line in lines:
+                if line.startswith("l\t"):
+                    at = line.index("\t", 7) + 1
+                    expected.discard(line[:at] + line[at + _SHA_FIELD:])
+                    odd.paths.add(line[at + _SHA_FIELD:])
+        read = self._read(expected)
+        if read is None:
+            return None
+        listed, strays, chunks = read
+        for line in strays:   # marked, or not as the sidecar has it
+            if line.startswith(_MARK):
+                odd.marked.add(line[1:])
+            elif line.count("\t") == 3:
+                odd.paths.add(line.split("\t", 3)[3])
+            else:
                 return None   # a name with a tab in it: the walk in Python reads it
-            odd.paths.add(line.split("\t", 3)[3])
-        odd.paths.update(line.split("\t", 3)[3] for line in expected - found)
+        if listed < len(expected):   # some line not listed: which
+            found = set("\0".join(chunks).split("\0"))
+            odd.paths.update(line.split("\t", 3)[3] for line in expected - found)
         return odd
 
-    def _read(self) -> set[str] | None:
-        """Every line the finds list, read as they write; None if one did not end well
-        (or ended a line short)."""
-        import select
-
-        poller = select.poll()
-        rest = {}
-        for out in self.outs:
-            poller.register(out, select.POLLIN)
-            rest[out] = b""
-        found: set[str] = set()
-        while rest:
-            for out, _event in poller.poll():
-                chunk = os.read(out, 1 << 20)
-                if not chunk:
-                    poller.unregister(out)
-                    if rest.pop(out):
-                        self.close()
-                        return None
-                    continue
-                whole, _, rest[out] = (rest[out] + chunk).rpartition(b"\0")
-                if whole:
-                    found.update(os.fsdecode(whole).split("\0"))
-                    self.marks = self.marks or _MARK.encode() in whole   # or in a name
-        ok = True
-        while self.pids:
-            try:
-                _, status = os.waitpid(self.pids[-1], 0)
-            except OSError:
-                status = -1
-            self.pids.pop()
-            ok = ok and status == 0
+    def _read(self, expected: set[str]) -> tuple[int, list[str], list[str]] | None:
+        """The listing, held against `expected` as the find writes it: how many of its
+        lines are expected, those that are not, and the listing itself (in pieces); None
+        if the find did not end well, or ended a line short."""
+        assert self.out is not None
+        listed, strays, chunks, rest = 0, [], [], b""
+        while True:
+            chunk = os.read(self.out, 1 << 20)
+            if not chunk:
+                break
+            whole, _, rest = (rest + chunk).rpartition(b"\0")
+            if whole:
+                text = os.fsdecode(whole)
+                chunks.append(text)
+                lines = text.split("\0")
+                if expected.issuperset(lines):
+                    listed += len(lines)
+                else:
+                    for line in lines:
+                        if line in expected:
+                            listed += 1
+                        else:
+                            strays.append(line)
+        try:
+            status = os.waitpid(self.pid, 0)[1] if self.pid is not None else -1
+        except OSError:
+            status = -1
+        self.pid = None
         self.close()
-        return found if ok else None
+        return (listed, strays, chunks) if status == 0 and not rest else None
 
     def close(self) -> None:
-        """Stop and reap the finds still running; close their pipes."""
-        for pid in self.pids:
+        """Stop and reap the find if it still runs; close its pipe."""
+        if self.pid is not None:
             try:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
             except OSError:
                 pass
-        self.pids = []
-        for out in self.outs:
-            os.close(out)
-        self.outs = []
+            self.pid = None
+        if self.out is not None:
+            os.close(self.out)
+            self.out = None
 
 
 def _widen(pipe: int) -> None:
-    """A pipe that holds a find's whole listing of a big share (a megabyte, Linux's
-    default most), so a find does not wait on this process while it cuts the lines."""
+    """A pipe that holds a big env's whole listing (4 MB where the user may, else Linux's
+    default most, 1 MB), so the find seldom waits on this process while it cuts the
+    sidecar's lines."""
     try:
         import fcntl
-
-        fcntl.fcntl(pipe, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except OSError:
-        pass   # a smaller pipe: the find waits a little
+    except ImportError:
+        return
+    for size in (4 << 20, 1 << 20):
+        try:
+            fcntl.fcntl(pipe, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+            return
+        except OSError:
+            pass   # over the limit: a smaller pipe, the find waits a little
 
 
 def _spawn(env: str, out: int, argv: list[str]) -> int:

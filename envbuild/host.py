@@ -147,3 +147,18 @@ def cached_host_gaps(rec: dict[str, list[list[str]]], env: str
                                host_glibc())
     value = cached(name, key)
     return None if value is None else replay_gaps(value)
+
+
+def loaded_libpython() -> str | None:
+    """The libpython this process mapped, from /proc/self/maps; None if none or unknown."""
+    try:
+        with open("/proc/self/maps", "rb") as fh:
+            maps = fh.read()
+    except OSError:
+        return None
+    at = maps.find(b"/libpython")
+    if at < 0:
+        return None
+    line = maps[maps.rfind(b"\n", 0, at) + 1:maps.find(b"\n", at)]
+    fields = line.split(None, 5)
+    return os.fsdecode(fields[5]) if len(fields) == 6 else None

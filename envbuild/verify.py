@@ -13,7 +13,7 @@ import stat
 import sys
 
 from .hashing import file_digest, sha256, sha256_bytes
-from .host import cached, cached_host_gaps, interpreter_digest, remember, stat_key
+from .host import cached, cached_host_gaps, interpreter_digest, loaded_libpython, remember, stat_key
 from .layout import GUARD, LAUNCH_DIR, LAUNCH_PKG, MANIFEST, META, QUICK, staging_root_of
 from .sidecars import QUICK_SCHEMA, parse_dist_info, read_manifest_bytes, read_quick, startup_dir
 
@@ -64,13 +64,6 @@ class Report:
         return {"env": self.env, "level": self.level, "ok": self.ok,
                 "manifest_digest": self.manifest_digest,
                 "differences": [d.to_json() for d in self.differences]}
-
-
-def bound_sidecar(env: str, manifest: bytes, rel: str, key: bytes,
-                  diffs: list[Difference]) -> bytes | None:
-    """A sidecar's bytes if the manifest records their digest under `key`; else a difference."""
-    data = read_sidecar(env, rel, diffs)
-    return data if data is not None and is_bound(manifest, rel, key, data, diffs) else None
 
 
 def read_sidecar(env: str, rel: str, diffs: list[Difference]) -> bytes | None:
@@ -138,7 +131,9 @@ def verify(env: str, level: str = "quick", expect: str | None = None,
     warnings: list[str] = []
     if expect is not None and expect != digest:
         diffs.append(Difference("manifest", MANIFEST, expect, digest))
-    quick = bound_sidecar(env, manifest, QUICK, b'"quick":"', diffs)
+    quick = read_sidecar(env, QUICK, diffs)
+    if quick is not None and not is_bound(manifest, QUICK, b'"quick":"', quick, diffs):
+        quick = None
     records: dict[str, list[list[str]]] = {}
     if quick is not None:
         try:
@@ -146,16 +141,25 @@ def verify(env: str, level: str = "quick", expect: str | None = None,
         except (ValueError, UnicodeDecodeError) as exc:
             diffs.append(Difference("manifest", QUICK, QUICK_SCHEMA, f"unreadable ({exc})"))
     trusted = trusted_owners(env, trusted_uids)
-    if records:
-        check_quick(env, records, trusted,
-                    (os.environ if environ is None else environ) if contract else None, diffs,
-                    warnings)
-    if level != "quick":
-        from .verify_files import check_files
+    listing = None
+    if level == "files":   # its find runs while the quick level checks
+        from .verify_files import start_listing
 
-        check_files(env, manifest, level == "full", trusted, diffs)
-        # the files level sees again what quick saw in the paths both read
-        diffs = list({(d.kind, d.subject): d for d in diffs}.values())
+        listing = start_listing(env, trusted)
+    try:
+        if records:
+            check_quick(env, records, trusted,
+                        (os.environ if environ is None else environ) if contract else None,
+                        diffs, warnings)
+        if level != "quick":
+            from .verify_files import check_files
+
+            check_files(env, manifest, level == "full", trusted, diffs, listing)
+            # the files level sees again what quick saw in the paths both read
+            diffs = list({(d.kind, d.subject): d for d in diffs}.values())
+    finally:
+        if listing is not None:
+            listing.close()
     return Report(env, level, digest, diffs, records, warnings)
 
 
@@ -344,7 +348,7 @@ def _check_interpreter(env: str, rec: dict[str, list[list[str]]],
         # run by that interpreter (the guard, the hook): is that the libpython it loaded?
         # LD_LIBRARY_PATH can point the loader at another one, and CMD inherits it
         if any(_resolve(sys.executable, fields[1]) == fields[1] for fields in rec["python"]):
-            loaded = _loaded_libpython()
+            loaded = loaded_libpython()
             if loaded is not None and loaded != path:
                 diffs.append(Difference("interpreter", "libpython (as loaded)", path, loaded))
 
@@ -363,21 +367,6 @@ def _resolve(path: str, expected: str) -> str:
         path = target if target[:1] == "/" else os.path.dirname(path) + "/" + target
         seen += 1
     return path if path == expected else os.path.realpath(path)
-
-
-def _loaded_libpython() -> str | None:
-    """The libpython this process mapped, from /proc/self/maps; None if none or unknown."""
-    try:
-        with open("/proc/self/maps", "rb") as fh:
-            maps = fh.read()
-    except OSError:
-        return None
-    at = maps.find(b"/libpython")
-    if at < 0:
-        return None
-    line = maps[maps.rfind(b"\n", 0, at) + 1:maps.find(b"\n", at)]
-    fields = line.split(None, 5)
-    return os.fsdecode(fields[5]) if len(fields) == 6 else None
 
 
 def _check_host(env: str, rec: dict[str, list[list[str]]], diffs: list[Difference],

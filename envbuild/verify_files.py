@@ -15,17 +15,22 @@ from .verify import WRITABLE, Difference, is_bound, owner_mode_diff, read_sideca
 
 
 def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
-                diffs: list[Difference]) -> None:
+                diffs: list[Difference], listing: Listing | None = None) -> None:
+    """The files level (`content` False) or the full level; `listing` the files level's
+    find if `start_listing` started it (closed here)."""
     data = read_sidecar(env, FILES, diffs)
     if data is None:
         return
     bound = Bound(manifest, data, diffs)
     if not content:
         try:
-            if _files_level(env, data, bound, trusted, diffs):
+            if _files_level(env, data, bound, trusted, diffs, listing):
                 return
         except (ValueError, UnicodeDecodeError):
             pass   # reported below, by the check that parses every line
+        finally:
+            if listing is not None:
+                listing.close()
     if not bound():
         return
     try:
@@ -76,26 +81,45 @@ class Bound:
 
 
 # ---- the files level, as the tree is walked, in two halves at once ---------------------------
-# What costs is one lstat per path and Python's work around it. The tree is cut into
-# subtrees, shared out in two halves. Where the host has GNU find, two finds list the halves
-# (`findwalk`) and only the paths whose listing differs from their sidecar line are looked at
-# here. Else each path's lstat is held against its sidecar line as text (kind, mode and
-# size, as the build wrote them), only a line that differs parsed and compared in full; a
-# forked child walks one half, this process the other, and the child sends back only its
-# differences.
+# What costs is one lstat per path and Python's work around it. Where the host has GNU
+# find, one find lists the env (`findwalk`) while this process reads the sidecar, and only
+# the paths whose listing differs from their sidecar line are looked at here. Else each
+# path's lstat is held against its sidecar line as text (kind, mode and size, as the build
+# wrote them), only a line that differs parsed and compared in full; the tree is cut into
+# subtrees shared out in two halves, a forked child walks one half, this process the other,
+# and the child sends back only its differences.
 
 _FANOUT = 64      # enough subtrees to share out evenly
 _MIN_LINES = 4096  # below this, a find or a fork costs more than it saves
 
 
+def start_listing(env: str, trusted: set[int]) -> Listing | None:
+    """The files level's find, started before anything else is read, where the files
+    sidecar is long enough for it to pay (judged by its size: some 150 bytes a line)."""
+    try:
+        if os.stat(os.path.join(env, FILES)).st_size < _MIN_LINES * 100:
+            return None
+        top = sorted(name for name in os.listdir(env) if name not in (MANIFEST, META))
+    except OSError:
+        return None
+    return Listing.start(env, top, trusted)
+
+
 def _files_level(env: str, data: bytes, bound: Bound, trusted: set[int],
-                 diffs: list[Difference]) -> bool:
-    """The files level, with GNU find or a forked helper where that pays; False (nothing
-    done) where a path needs unescaping: the caller then parses every line."""
-    text = data.decode("utf-8")
-    lines = text.split("\n")
-    if lines[0] != FILES_SCHEMA or "\\" in text:
+                 diffs: list[Difference], listing: Listing | None) -> bool:
+    """The files level, by GNU find (`listing`, else started here) or with a forked helper
+    where that pays; False (nothing done) where a path needs unescaping: the caller then
+    parses every line."""
+    if not data.startswith(FILES_SCHEMA.encode() + b"\n") or b"\\" in data:
         return False
+    many = data.count(b"\n") > _MIN_LINES
+    if many and listing is None:
+        listing = start_listing(env, trusted)
+    if many and listing is not None and _by_find(env, data, bound, listing, trusted, diffs):
+        return True
+    if not bound():
+        return True
+    lines = data.decode("utf-8").split("\n")
     del lines[0]
     if lines and not lines[-1]:
         lines.pop()
@@ -111,26 +135,32 @@ def _files_level(env: str, data: bytes, bound: Bound, trusted: set[int],
         lighter = 0 if weights[0] <= weights[1] else 1   # the biggest subtrees first
         shares[lighter].append((unit, lo, hi))
         weights[lighter] += hi - lo + 1
-    many = len(lines) >= _MIN_LINES
-    listing = Listing.start(env, [[unit for unit, _, _ in share] for share in shares],
-                            trusted) if many else None
-    try:   # while the finds run:
-        if not bound():
-            return True
-        for rel, why in unreadable:
-            diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
-        outside = _outside(lines, taken)
-        _compare_tree(env, parse_files_lines(outside, False), upper, trusted, diffs)
-        odd = listing.odd(lines, taken) if listing is not None else None
-    finally:
-        if listing is not None:
-            listing.close()
-    if odd is not None and _compare_odd(env, lines, odd, trusted, diffs):
-        return True
+    for rel, why in unreadable:
+        diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
+    _compare_tree(env, parse_files_lines(_outside(lines, taken), False), upper, trusted, diffs)
     if not many or _forking_unsafe() or not _on_two(env, lines, shares, trusted, diffs):
         for share in shares:
             _check_share(env, lines, share, trusted, diffs)
     return True
+
+
+def _by_find(env: str, data: bytes, bound: Bound, listing: Listing, trusted: set[int],
+             diffs: list[Difference]) -> bool:
+    """The files level by one GNU find over the whole env (`listing`), on a core of its
+    own, while this process reads the sidecar on the other; False (nothing done, nothing
+    reported) where the find failed: the walk in Python follows."""
+    try:
+        if not bound():
+            return True
+        text = data.decode("utf-8")
+        lines = text.split("\n")
+        del lines[0]
+        if lines and not lines[-1]:
+            lines.pop()
+        odd = listing.odd(lines, "\nl\t" in text)
+    finally:
+        listing.close()
+    return odd is not None and _compare_odd(env, lines, odd, trusted, diffs)
 
 
 def _compare_odd(env: str, lines: list[str], odd: Odd, trusted: set[int],
