@@ -23,7 +23,7 @@ from common import DEFAULT_STORE, OUT, force_rmtree
 # The store's caches a warm build starts from: the wheel cache (wheels/, built/), the
 # per-wheel pyc cache (pycs/) and the installer's read-only trees (trees/). Whichever the
 # bench store has are shared; its envs/ never are, so no timed build is a cache hit.
-WARM_CACHES = ("wheels", "built", "pycs", "trees")
+WARM_CACHES = ("wheels", "built", "pycs", "trees", "venvs")
 WHEEL_CACHE = ("wheels", "built")
 
 

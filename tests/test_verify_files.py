@@ -103,3 +103,39 @@ def test_a_find_that_fails_leaves_it_to_python(built: Built, tmp_path: Path,
     failed = _lines(env, "find-failed", monkeypatch, (str(busybox),))
     assert failed == _lines(env, "one", monkeypatch) == _reference(env)
     assert any(f": {SITE}/gamma.py: " in line for line in failed)
+
+
+def test_other_threads_leave_it_to_python(built: Built, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """While another thread runs, forking is not safe: no find is started, no helper
+    forked, and the walk in this process reports the same."""
+    import threading
+
+    env = tampered_copy(built, tmp_path)
+    rewrite(env / SITE / "alpha" / "__init__.py", b"x")
+    freeze(env)
+    monkeypatch.setattr(verify_files, "_MIN_LINES", 0)
+    spawns, forks = [], []
+    real_spawn, real_fork = findwalk._spawn, os.fork
+
+    def counting_spawn(*args: Any) -> int:
+        spawns.append(1)
+        return real_spawn(*args)
+
+    def counting_fork() -> int:
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(findwalk, "_spawn", counting_spawn)
+    monkeypatch.setattr(os, "fork", counting_fork)
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        report = verify(str(env), level="files")
+    finally:
+        release.set()
+        other.join()
+    assert spawns and not forks   # a find tried, refused before any fork
+    assert sorted(d.line() for d in report.differences) == _reference(env)
+    assert any(f": {SITE}/alpha/__init__.py: " in d.line() for d in report.differences)
