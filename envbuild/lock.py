@@ -19,10 +19,8 @@ from packaging.utils import canonicalize_name
 
 from .errors import LockError, ToolError, UsageError
 from .fsutil import atomic_write
-from .pipfail import lock_failure
 from .proc import dist_version, hermetic_env, run_tool
 from .recipe import RESOLVERS, Recipe
-from .trust import find_trust
 
 LOCK_SCHEMA = "envbuild.lock/1"
 _HEADER_KEYS = ("recipe", "resolver", "python", "index-url", "find-links")
@@ -67,6 +65,8 @@ class PipToolsResolver:
 
     def resolve(self, recipe: Recipe, previous: str | None, upgrade: bool,
                 upgrade_packages: tuple[str, ...]) -> str:
+        from .trust import find_trust  # (and pipfail, below): only when resolving
+
         trust = find_trust("install")
         with tempfile.TemporaryDirectory(prefix="envbuild-lock-") as tmp:
             work = Path(tmp)
@@ -83,6 +83,8 @@ class PipToolsResolver:
             try:
                 run_tool(argv, env=hermetic_env(), cwd=work)
             except ToolError as exc:
+                from .pipfail import lock_failure
+
                 raise lock_failure(exc, recipe, trust) from None
             return (work / "recipe.txt").read_text()
 

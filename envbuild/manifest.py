@@ -6,11 +6,9 @@ inputs goes in it; provenance lives in `.envbuild/provenance.json`, outside ever
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
-import socket
 import stat
 import time
 from collections.abc import Callable
@@ -314,6 +312,9 @@ def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
     manifest = replace(manifest, sidecars={"quick": sha256_bytes(quick)})
     atomic_write(root / FILES, listing.sidecar, mode=0o444)
     atomic_write(root / QUICK, quick, mode=0o444)
+    import getpass  # (and socket): only a build reads who and where
+    import socket
+
     # an image's env takes a fixed time and names nobody, so the image is the same anywhere
     provenance = {"built_utc": fixed_time, "envbuild_version": __version__} if fixed_time \
         else {"built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

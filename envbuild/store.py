@@ -11,10 +11,8 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,8 +109,9 @@ def _start_time(pid: int) -> str:
 
 
 def _owner() -> dict[str, object]:
-    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
-            "start": _start_time(os.getpid()), "token": uuid.uuid4().hex}
+    # the host as gethostname(2) names it (uname's node name: `socket` is not imported for it)
+    return {"host": os.uname().nodename, "boot_id": _boot_id(), "pid": os.getpid(),
+            "start": _start_time(os.getpid()), "token": os.urandom(16).hex()}
 
 
 def _dead_holder(path: Path) -> str | None:
@@ -123,7 +122,7 @@ def _dead_holder(path: Path) -> str | None:
     except (OSError, ValueError):
         return None  # vanished or half-read: look again on the next round
     token = str(owner.get("token", ""))
-    if owner.get("host") == socket.gethostname():
+    if owner.get("host") == os.uname().nodename:
         if owner.get("boot_id") != _boot_id():
             return token
         pid = int(owner.get("pid", 0))

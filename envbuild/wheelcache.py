@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
@@ -26,11 +27,12 @@ from .hashing import file_digest
 from .interpreter import Interpreter
 from .layout import digest_hex
 from .lock import LockEntry
-from .pipfail import unreachable
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe
 from .store import Store
-from .trust import find_trust
+
+if TYPE_CHECKING:
+    from .trust import Trust
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -162,7 +164,7 @@ class WheelCache:
 
     def _index_args(self, command: str) -> list[str]:
         """Where `pip command` finds artifacts, and which CAs it trusts there."""
-        args = ["--index-url", self.recipe.index_url, *find_trust(command).pip_args()]
+        args = ["--index-url", self.recipe.index_url, *_trust(command).pip_args()]
         for link in self.recipe.find_links:
             args += ["--find-links", str(link)]
         return args
@@ -227,7 +229,9 @@ class WheelCache:
         try:
             run_tool(argv, env=hermetic_env(), on_line=self._say_download)
         except ToolError as exc:
-            trust = find_trust("download")
+            from .pipfail import unreachable
+
+            trust = _trust("download")
             raise (unreachable(exc.output, self.recipe.index_url, trust) or exc) from None
 
     def _origins(self, reqs: Path, tmp: Path, entries: list[LockEntry]) -> dict[str, str]:
@@ -304,7 +308,7 @@ class WheelCache:
         staging = Path(tempfile.mkdtemp(prefix="wheel-", dir=self.store.tmp))
         try:
             index = ["--no-index"] if self.offline else self._index_args("wheel")
-            trust = {} if self.offline else find_trust("wheel").pip_env()
+            trust = {} if self.offline else _trust("wheel").pip_env()
             try:
                 run_tool(self._pip("wheel", "--no-deps", "--progress-bar", "off",
                                    "--wheel-dir", str(staging), str(sdist), *index),
@@ -327,3 +331,11 @@ class WheelCache:
             remove_tree(staging)
             raise
         return folder / wheels[0].name, wheel_digest
+
+
+def _trust(command: str) -> Trust:
+    """`find_trust`, imported (with the pip config reader it needs) only when pip goes to
+    the index: a build from the store's wheels never does."""
+    from .trust import find_trust
+
+    return find_trust(command)
