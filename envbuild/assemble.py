@@ -35,7 +35,7 @@ from .manifest import (
 )
 from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe
-from .startup import probe_startup
+from .startup import startup_of
 from .store import Store
 from .trees import TreeDamaged, link_trees, trees_for
 from .wheelcache import Artifact
@@ -66,7 +66,7 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         _normalize_files(tmp)   # the venv's and the launch code's; the trees' come right
         progress(f"putting {len(artifacts)} distributions in place from the store ({link})")
         linked = link_trees(trees, tmp, link)
-    startup = probe_startup(tmp, interp.site)   # before the hook, which would refuse here
+    startup = startup_of(tmp, interp.site, venv.result())   # before the hook, which refuses
     if recipe.launch_hook:
         (tmp / interp.site / HOOK_PTH).write_text(hook_line())
         (tmp / interp.site / HOOK_PTH).chmod(0o444)
@@ -153,10 +153,11 @@ def _relocate(tmp: Path, interp: Interpreter) -> None:
 VENV_FORMAT = "1"   # what an empty venv in the store holds; a change makes new ones
 
 
-def _venv(tmp: Path, interp: Interpreter, prompt: str, store: Store) -> None:
+def _venv(tmp: Path, interp: Interpreter, prompt: str, store: Store) -> Path:
     """`python -m venv --without-pip --prompt PROMPT` at `tmp`, relocated: copied from the
-    store's empty venv of this interpreter and prompt, made there once. What venv writes
-    names its dir only where `_relocate_venv` takes it out, so the copy is the same bytes."""
+    store's empty venv of this interpreter and prompt (returned), made there once. What venv
+    writes names its dir only where `_relocate_venv` takes it out, so the copy is the same
+    bytes."""
     key = sha256_bytes(canonical({"format": VENV_FORMAT, "interpreter": interp.identity(),
                                   "prompt": prompt}))
     final = Path(store.layout.venv_dir(digest_hex(key)[:32]))
@@ -174,6 +175,7 @@ def _venv(tmp: Path, interp: Interpreter, prompt: str, store: Store) -> None:
             remove_tree(made)
             raise
     shutil.copytree(final, tmp, symlinks=True, dirs_exist_ok=True)
+    return final
 
 
 def _relocate_venv(tmp: Path) -> None:

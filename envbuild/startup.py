@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .hashing import file_digest
+from .fsutil import atomic_write
+from .hashing import file_digest, sha256_bytes
 from .proc import hermetic_env, run_tool
 from .sidecars import startup_dir
 
@@ -62,3 +63,31 @@ def probe_startup(root: Path, site: str) -> Startup:
     dirs = [(d[len(prefix):] if d.startswith(prefix) else d, *startup_dir(d, set(names)))
             for d in info["path"] if d != site_dir]
     return Startup(dirs=dirs, files=sorted(set(files)), names=names)
+
+
+# which probe made a kept answer: another probe, another answer
+_PROBE_ID = sha256_bytes(_PROBE.encode())[len("sha256:"):][:16]
+
+
+def startup_of(root: Path, site: str, venv: Path) -> Startup:
+    """`probe_startup(root, site)`; or, where nothing in the env's site-packages takes part
+    in the start (no .pth file, no sitecustomize or usercustomize), that of the store's
+    empty venv `venv` the env was copied from: the same interpreter, pyvenv.cfg and
+    sys.path, so the same start. That one is probed once and kept beside the venv."""
+    if any(name.endswith(".pth") or name.split(".")[0] in HOOK_NAMES
+           for name in os.listdir(root / site)):
+        return probe_startup(root, site)
+    kept = venv.with_name(f"{venv.name}.startup-{_PROBE_ID}.json")
+    try:
+        data = json.loads(kept.read_bytes())
+        return Startup(dirs=[(d, state, list(entries)) for d, state, entries in data["dirs"]],
+                       files=[(path, digest) for path, digest in data["files"]],
+                       names=list(data["names"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass   # not kept yet, or unreadable: probed again
+    found = probe_startup(venv, site)
+    try:
+        atomic_write(kept, json.dumps(asdict(found), sort_keys=True))
+    except OSError:
+        pass   # the next build probes it again
+    return found

@@ -1,6 +1,6 @@
 """assemble: the empty venv a build copies from the store is, once relocated, the very venv
 `python -m venv` makes at the env's own path, on every Python (3.12 changed the activate
-scripts, 3.13 added a .gitignore)."""
+scripts, 3.13 added a .gitignore); and so is its start, where site-packages takes no part."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from test_interpreter import pyenv_python
 from envbuild.assemble import _relocate_venv, _venv
 from envbuild.interpreter import probe
 from envbuild.proc import hermetic_env
+from envbuild.startup import probe_startup, startup_of
 from envbuild.store import Store
 
 
@@ -66,3 +67,34 @@ def test_another_prompt_is_another_venv(tmp_path: Path) -> None:
         assert f"prompt = '{prompt}'" in (env / "pyvenv.cfg").read_text()
     assert len([p for p in Path(store.layout.venvs).iterdir()
                 if not p.name.startswith(".")]) == 2
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.13"])
+def test_a_start_site_packages_takes_no_part_in_is_the_stored_venvs(tmp_path: Path,
+                                                                     version: str) -> None:
+    """With nothing in site-packages that takes part in the start, the env's start is its
+    stored venv's: probed there once, kept, read back; a .pth file or a sitecustomize takes
+    part, and the env's own interpreter is asked."""
+    interp = probe(str(pyenv_python(version)))
+    store = Store.locate(tmp_path / "store")
+    env = tmp_path / "envs" / "env"
+    env.mkdir(parents=True)
+    stored = _venv(env, interp, "demo", store)
+    site = env / interp.site
+    (site / "plain.py").write_text("x = 1\n")
+    (site / "pkg").mkdir()
+    (site / "pkg" / "__init__.py").write_text("")
+    kept = startup_of(env, interp.site, stored)
+    assert kept == probe_startup(env, interp.site)
+    assert len(list(Path(store.layout.venvs).glob("*.startup-*.json"))) == 1
+    assert startup_of(env, interp.site, stored) == kept   # read back
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (site / "extra.pth").write_text(f"{elsewhere}\n")
+    with_pth = startup_of(env, interp.site, stored)
+    assert with_pth == probe_startup(env, interp.site) != kept
+    assert any(path == str(elsewhere) for path, _, _ in with_pth.dirs)
+    (site / "extra.pth").unlink()
+    (site / "sitecustomize.py").write_text("import plain\n")
+    customized = startup_of(env, interp.site, stored)
+    assert "plain" in customized.names and "plain" not in kept.names
