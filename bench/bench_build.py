@@ -96,6 +96,11 @@ def prepare(name: str, places: Places, package: str) -> Subject:
     store that built the old copy; uv's cache filled from the index for the lock."""
     recipe = ROOT / "recipes" / f"{name}.toml"
     env = ensure_env(recipe, places.store)
+    if not list((places.store / "venvs").glob("*.startup-*.json")):
+        # a store that has built with this envbuild keeps its empty venv's start: one build
+        # again (its env was a cache hit) leaves it, as any first build does
+        run_checked([ENVBUILD, "build", str(recipe), "--store", str(places.store), "--force",
+                     "--json"], base_env(), f"envbuild build --force {recipe}")
     old, new, upgrade = upgrade_pair(recipe, places.work / "upgrade" / name, package)
     store = places.work / f"upgrade-store-{name}"
     force_rmtree(store)
