@@ -173,7 +173,7 @@ def _spawn(env: str, out: int, argv: list[str]) -> int:
             os.dup2(null, 2)
             os.execve(argv[0], argv, {"LC_ALL": "C"})
         finally:
-            os._exit(127)
+            os._exit(1)   # any status but 0: the walk in Python follows
     return pid
 
 
