@@ -26,7 +26,7 @@ class DefaultSigchld:
         import _signal  # type: ignore[import-not-found,unused-ignore]  # `signal`: ~13 ms
 
         try:
-            if self.only_if_ignored and _signal.getsignal(SIGCHLD) != _signal.SIG_IGN:
+            if self.only_if_ignored and not sigchld_ignored():
                 return None
             self.saved = _signal.signal(SIGCHLD, _signal.SIG_DFL)
         except ValueError:
@@ -42,3 +42,16 @@ class DefaultSigchld:
 
             _signal.signal(SIGCHLD, self.saved)
             self.saved = None
+
+
+def forking_unsafe() -> bool:
+    """Whether other threads run: forking then can copy a lock another thread holds."""
+    threading = sys.modules.get("threading")
+    return threading is not None and threading.active_count() > 1
+
+
+def sigchld_ignored() -> bool:
+    """Whether SIGCHLD is ignored: the kernel then reaps children unseen."""
+    import _signal  # type: ignore[import-not-found,unused-ignore]  # `signal`: ~13 ms
+
+    return bool(_signal.getsignal(SIGCHLD) == _signal.SIG_IGN)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 
+from .children import forking_unsafe, sigchld_ignored
+
 # GNU find only: `-printf` (BusyBox's find has none, and fails: the walk in Python follows)
 FINDS = ("/usr/bin/find", "/bin/find")
 _LINE = "%y\\t%#m\\t%s\\t%p\\0"
@@ -46,7 +48,7 @@ class Listing:
     def start(cls, env: str, starts: list[str], trusted: set[int]) -> Listing | None:
         """`find` of `starts` (env-relative paths) and all below them."""
         find = next((f for f in FINDS if os.access(f, os.X_OK)), None)
-        if (find is None or _sigchld_ignored()
+        if (find is None or sigchld_ignored()
                 or any(path[0] in _NOT_A_START for path in starts)):
             return None   # (with SIGCHLD ignored the kernel would reap the find unseen)
         owners = [w for uid in sorted(trusted) for w in ("!", "-uid", str(uid))]
@@ -68,17 +70,16 @@ class Listing:
         """What differs from the sidecar `lines` (sorted, no header; `links`: some of
         them are symlinks'); None where the find failed or listed a line this cannot read.
         """
-        # each line without its sha256 (the mode has 4 digits: the size starts at 7), cut
-        # and hashed while the find runs
+        # `_cut` of every line, inline (a call per line costs), hashed while the find runs
         expected = {line[:(at := line.index("\t", 7) + 1)] + line[at + _SHA_FIELD:]
                     for line in lines}
         odd = Odd()
         if links:   # a symlink's line records its target: each is looked at again
             for line in lines:
                 if line.startswith("l\t"):
-                    at = line.index("\t", 7) + 1
-                    expected.discard(line[:at] + line[at + _SHA_FIELD:])
-                    odd.paths.add(line[at + _SHA_FIELD:])
+                    cut = _cut(line)
+                    expected.discard(cut)
+                    odd.paths.add(_path(cut))
         read = self._read(expected)
         if read is None:
             return None
@@ -87,12 +88,12 @@ class Listing:
             if line.startswith(_MARK):
                 odd.marked.add(line[1:])
             elif line.count("\t") == 3:
-                odd.paths.add(line.split("\t", 3)[3])
+                odd.paths.add(_path(line))
             else:
                 return None   # a name with a tab in it: the walk in Python reads it
         if listed < len(expected):   # some line not listed: which
             found = set("\0".join(chunks).split("\0"))
-            odd.paths.update(line.split("\t", 3)[3] for line in expected - found)
+            odd.paths.update(_path(line) for line in expected - found)
         return odd
 
     def _read(self, expected: set[str]) -> tuple[int, list[str], list[str]] | None:
@@ -140,6 +141,18 @@ class Listing:
             self.out = None
 
 
+def _cut(line: str) -> str:
+    """A sidecar line as find lists its path: without the sha256 (the mode has 4 digits,
+    so the size starts at 7)."""
+    at = line.index("\t", 7) + 1
+    return line[:at] + line[at + _SHA_FIELD:]
+
+
+def _path(listed: str) -> str:
+    """The path of a listing's line (or a cut sidecar line): after the third tab."""
+    return listed.split("\t", 3)[3]
+
+
 def _widen(pipe: int) -> None:
     """A pipe that holds a big env's whole listing (4 MB where the user may, else Linux's
     default most, 1 MB), so the find seldom waits on this process while it cuts the
@@ -159,10 +172,7 @@ def _widen(pipe: int) -> None:
 def _spawn(env: str, out: int, argv: list[str]) -> int:
     """`argv` run in `env`, its output into `out`, its errors nowhere. Forked, since
     `posix_spawn` cannot change dir: the caller makes sure no other thread runs."""
-    import sys
-
-    threading = sys.modules.get("threading")
-    if threading is not None and threading.active_count() > 1:
+    if forking_unsafe():
         raise OSError("other threads run: forking is not safe")
     pid = os.fork()
     if pid == 0:   # the child: nothing but system calls, then exec
@@ -175,11 +185,3 @@ def _spawn(env: str, out: int, argv: list[str]) -> int:
         finally:
             os._exit(1)   # any status but 0: the walk in Python follows
     return pid
-
-
-def _sigchld_ignored() -> bool:
-    import _signal  # type: ignore[import-not-found,unused-ignore]  # `signal`: ~13 ms
-
-    from .children import SIGCHLD
-
-    return bool(_signal.getsignal(SIGCHLD) == _signal.SIG_IGN)

@@ -12,9 +12,8 @@ itself. Use as a context manager: leaving it reaps every child.
 from __future__ import annotations
 
 import os
-import sys
 
-from .children import DefaultSigchld
+from .children import DefaultSigchld, forking_unsafe
 from .hashing import hash_file
 
 TYPE_CHECKING = False   # not typing's: importing typing costs the launch path `re`
@@ -43,9 +42,8 @@ class Hasher:
                 break   # no more processes (a pid limit): the caller hashes what is left
 
     def _workers(self) -> int:
-        threading = sys.modules.get("threading")
-        if threading is not None and threading.active_count() > 1:
-            return 1   # forking a threaded process can copy a lock another thread held
+        if forking_unsafe():
+            return 1
         self._sigchld.__enter__()
         if not self._sigchld.usable:
             return 1   # not the main thread

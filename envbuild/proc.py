@@ -78,10 +78,9 @@ def installer_identity() -> str:
 
 def dist_version(name: str, module: str | None = None) -> str | None:
     """An installed distribution's version, from the METADATA of its dist-info beside its
-    top-level `module` (by default its name), as `importlib.metadata` finds it; None if not
-    installed. (Importing
-    `importlib.metadata` costs more than a build that finds its env in the store spends
-    on anything else but the check.)"""
+    top-level `module` (by default its name), as `importlib.metadata` finds it, which is
+    imported only where that fails (importing it costs a build more than this lookup);
+    None if not installed."""
     from importlib.util import find_spec
 
     try:
@@ -93,21 +92,29 @@ def dist_version(name: str, module: str | None = None) -> str | None:
         prefix = name.replace("-", "_").lower() + "-"
         for entry in os.listdir(site):
             if entry.lower().startswith(prefix) and entry.endswith(".dist-info"):
-                try:
-                    with open(os.path.join(site, entry, "METADATA"), encoding="utf-8") as fh:
-                        for line in fh:
-                            if line.startswith("Version:"):
-                                return line.partition(":")[2].strip()
-                            if not line.strip():
-                                break   # the headers end: no version there
-                except OSError:
-                    break
+                found = _metadata_version(os.path.join(site, entry, "METADATA"))
+                if found is not None:
+                    return found
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version(name)
     except PackageNotFoundError:
         return None
+
+
+def _metadata_version(path: str) -> str | None:
+    """The `Version:` header of a METADATA file; None if it has none or cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("Version:"):
+                    return line.partition(":")[2].strip()
+                if not line.strip():
+                    return None   # the headers end
+    except OSError:
+        pass
+    return None
 
 
 def pip_argv(*args: str) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .fsutil import atomic_write
 from .hashing import file_digest, sha256_bytes
+from .layout import digest_hex
 from .proc import hermetic_env, run_tool
 from .sidecars import startup_dir
 
@@ -66,7 +67,7 @@ def probe_startup(root: Path, site: str) -> Startup:
 
 
 # which probe made a kept answer: another probe, another answer
-_PROBE_ID = sha256_bytes(_PROBE.encode())[len("sha256:"):][:16]
+_PROBE_ID = digest_hex(sha256_bytes(_PROBE.encode()))[:16]
 
 
 def startup_of(root: Path, site: str, venv: Path) -> Startup:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 
+from .children import forking_unsafe
 from .findwalk import Listing, Odd
 from .hashing import sha256
 from .layout import FILES, MANIFEST, META
@@ -66,8 +67,8 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
 
 
 class Bound:
-    """`is_bound` of the files sidecar, asked once: the files level asks it while its finds
-    run, the other checks before they read a line."""
+    """`is_bound` of the files sidecar, asked once: the files level asks it while its find
+    runs, the other checks before they read a line."""
 
     def __init__(self, manifest: bytes, data: bytes, diffs: list[Difference]) -> None:
         self.manifest, self.data, self.diffs = manifest, data, diffs
@@ -119,10 +120,7 @@ def _files_level(env: str, data: bytes, bound: Bound, trusted: set[int],
         return True
     if not bound():
         return True
-    lines = data.decode("utf-8").split("\n")
-    del lines[0]
-    if lines and not lines[-1]:
-        lines.pop()
+    lines = _lines(data.decode("utf-8"))
     upper, units, unreadable = _frontier(env)
     shares: list[list[tuple[str, int, int]]] = [[], []]
     weights = [0, 0]
@@ -138,7 +136,7 @@ def _files_level(env: str, data: bytes, bound: Bound, trusted: set[int],
     for rel, why in unreadable:
         diffs.append(Difference("permissions", rel, "readable", f"unreadable ({why})"))
     _compare_tree(env, parse_files_lines(_outside(lines, taken), False), upper, trusted, diffs)
-    if not many or _forking_unsafe() or not _on_two(env, lines, shares, trusted, diffs):
+    if not many or forking_unsafe() or not _on_two(env, lines, shares, trusted, diffs):
         for share in shares:
             _check_share(env, lines, share, trusted, diffs)
     return True
@@ -149,18 +147,21 @@ def _by_find(env: str, data: bytes, bound: Bound, listing: Listing, trusted: set
     """The files level by one GNU find over the whole env (`listing`), on a core of its
     own, while this process reads the sidecar on the other; False (nothing done, nothing
     reported) where the find failed: the walk in Python follows."""
-    try:
-        if not bound():
-            return True
-        text = data.decode("utf-8")
-        lines = text.split("\n")
-        del lines[0]
-        if lines and not lines[-1]:
-            lines.pop()
-        odd = listing.odd(lines, "\nl\t" in text)
-    finally:
-        listing.close()
+    if not bound():
+        return True
+    text = data.decode("utf-8")
+    lines = _lines(text)
+    odd = listing.odd(lines, "\nl\t" in text)   # (the caller closes the listing)
     return odd is not None and _compare_odd(env, lines, odd, trusted, diffs)
+
+
+def _lines(text: str) -> list[str]:
+    """The files sidecar's lines, without its header."""
+    lines = text.split("\n")
+    del lines[0]
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
 
 
 def _compare_odd(env: str, lines: list[str], odd: Odd, trusted: set[int],
@@ -232,13 +233,6 @@ def _on_two(env: str, lines: list[str], shares: list[list[tuple[str, int, int]]]
             kind, subject, expected, found = line.split("\t", 3)
             diffs.append(Difference(kind, subject, expected, found))
     return True
-
-
-def _forking_unsafe() -> bool:
-    import sys
-
-    threading = sys.modules.get("threading")
-    return threading is not None and threading.active_count() > 1
 
 
 def _bisect(lines: list[str], key: str) -> int:
