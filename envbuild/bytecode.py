@@ -5,27 +5,31 @@ by the next build that installs that wheel."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import zipfile
 from pathlib import Path
 
+from .errors import ToolError
 from .fsutil import publish_dir, remove_tree
 from .interpreter import Interpreter
-from .proc import hermetic_env, run_tool
+from .proc import hermetic_env
 from .store import Store
 from .wheelcache import Artifact
 
 log = logging.getLogger(__name__)
+
+SOURCE_PYCS = "by-source-"   # pycs/<this><abi>-<version>/: trees' pycs by path and source
 
 # Runs in the target interpreter: compiles the files named on stdin, in parallel; a line is
 # "MODE\tSTRIP\tPATH", MODE C (checked-hash pyc) or U (unchecked-hash), STRIP the dir whose
 # path is left out of the pyc's file name.
 _COMPILE = r"""
 import compileall, py_compile, sys
-from concurrent.futures import ProcessPoolExecutor
 MODES = {"C": py_compile.PycInvalidationMode.CHECKED_HASH,
          "U": py_compile.PycInvalidationMode.UNCHECKED_HASH}
 def one(line):
@@ -33,19 +37,101 @@ def one(line):
     return compileall.compile_file(path, quiet=2, stripdir=strip,
                                    invalidation_mode=MODES[mode])
 files = sys.stdin.read().splitlines()
-if files:
+if len(files) > 16:
+    from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor() as pool:
         ok = all(pool.map(one, files, chunksize=max(1, len(files) // 64)))
-    sys.exit(0 if ok else 1)
+else:   # a pool's start costs more than a few files take
+    ok = all([one(path) for path in files])
+sys.exit(0 if ok else 1)
 """
 
 
+class Compiler:
+    """`python` compiling files into its own bytecode (-S: no site, so no .pth line runs),
+    with a fixed PYTHONHASHSEED: started first, so that its start and imports overlap
+    what the caller does before it knows the files; killed on leaving if still running."""
+
+    def __init__(self, python: str) -> None:
+        self.argv = [python, "-S", "-c", _COMPILE]
+        self.child = subprocess.Popen(
+            self.argv, env=hermetic_env({"PYTHONHASHSEED": "0"}), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+
+    def run(self, jobs: list[tuple[str, str, str]]) -> None:
+        """Compile each (mode, strip dir, path); the process ends with them."""
+        output, _ = self.child.communicate("\n".join("\t".join(job) for job in jobs))
+        if self.child.returncode != 0:
+            raise ToolError(self.argv, self.child.returncode, output)
+
+    def __enter__(self) -> Compiler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.child.poll() is None:
+            self.child.kill()
+        self.child.communicate()
+
+
 def compile_files(python: str, jobs: list[tuple[str, str, str]]) -> None:
-    """Compile each (mode, strip dir, path) with `python`, its own bytecode (-S: no site, so
-    no .pth line runs), a fixed PYTHONHASHSEED, in parallel."""
+    """Compile each (mode, strip dir, path) with `python` (`Compiler`)."""
     if jobs:
-        run_tool([python, "-S", "-c", _COMPILE], env=hermetic_env({"PYTHONHASHSEED": "0"}),
-                 input="\n".join("\t".join(job) for job in jobs))
+        with Compiler(python) as compiler:
+            compiler.run(jobs)
+
+
+def compile_trees(compiler: Compiler, roots: list[Path], site: str, cache_tag: str,
+                  by_source: str) -> None:
+    """Every .py in each root's site-packages given its checked-hash pyc: linked from
+    `by_source` (the store's pycs by source and path) where the same source at the same
+    path was compiled before, since a release that leaves a module as it was leaves its pyc
+    as it was too; the rest compiled, and linked there for the next build."""
+    jobs: list[tuple[str, str, str]] = []
+    fresh: list[tuple[Path, str]] = []
+    for root in roots:
+        for path in (root / site).rglob("*.py"):
+            pyc = _pyc(path, cache_tag)
+            kept = os.path.join(by_source, source_pyc_key(
+                path.relative_to(root).as_posix(), path.read_bytes()))
+            if not _link_kept(kept, pyc):
+                jobs.append(("C", str(root), str(path)))
+                fresh.append((pyc, kept))
+    compiler.run(jobs)
+    if fresh:
+        os.makedirs(by_source, exist_ok=True)
+    for pyc, kept in fresh:
+        try:
+            os.link(pyc, kept)
+        except FileExistsError:
+            pass   # another build kept the same bytes
+        except OSError as exc:
+            log.debug("%s not kept: %s", pyc, exc)
+
+
+def source_pycs_dir(store: Store, interp: Interpreter) -> str:
+    """Checked-hash pycs by the source they were compiled from and its path in the tree
+    (`source_pyc_key`), for one interpreter: a new release that leaves a module as it was
+    takes its pyc from here instead of compiling it again."""
+    return os.path.join(store.layout.pycs, f"{SOURCE_PYCS}{interp.abi}-{interp.version}")
+
+
+def source_pyc_key(rel: str, source: bytes) -> str:
+    """What decides a checked-hash pyc's bytes, for one interpreter: the source and its
+    path (which the pyc names, the build dir stripped)."""
+    return hashlib.sha256(rel.encode() + b"\0" + source).hexdigest()
+
+
+def _link_kept(kept: str, pyc: Path) -> bool:
+    """The kept pyc linked at `pyc`; False if there is none (or it cannot be linked)."""
+    if not os.path.exists(kept):
+        return False
+    try:
+        pyc.parent.mkdir(exist_ok=True)
+        os.link(kept, pyc)
+    except OSError as exc:
+        log.debug("%s not linked: %s", kept, exc)
+        return False
+    return True
 
 
 def compile_env(root: Path, site: str, artifacts: list[Artifact], interp: Interpreter,

@@ -5,8 +5,9 @@ launch) is older than the window; every dir a build or gc moved aside (`envs/.da
 `.replaced-*`, `.removed-*`); a build dir (`envs/.tmp-*`) or a scratch dir (`tmp/*`) older
 than a day whose builder is gone; an installed wheel (`trees/*`) no build used within the
 window, when no build runs (an env never needs its trees once built: a hardlinked file
-keeps its inode). Stays: an env used within the window, an env without a
-mark yet (its clock starts now), anything whose key a live build holds the lock of.
+keeps its inode), and then the pycs kept by source that no installed wheel holds. Stays:
+an env used within the window, an env without a mark yet (its clock starts now), anything
+whose key a live build holds the lock of.
 
 An env is first renamed aside under its build lock (a launch that starts after that finds
 no env rather than half of one), its mark read again (a launch that touched it meanwhile
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bytecode import SOURCE_PYCS
 from .errors import InputError
 from .fsutil import make_writable
 from .layout import StoreLayout
@@ -95,6 +97,7 @@ def gc(store_dir: Path | None = None, keep_days: float = DEFAULT_KEEP_DAYS,
             if _age(path, now) > now - cutoff:
                 _remove(path, f"an installed wheel no build used since "
                         f"{utc(path.lstat().st_mtime)}", result)
+        _unheld_pycs(store, result)
     if not dry_run:
         _drop_orphan_marks(store)
     return result
@@ -143,6 +146,22 @@ def _remove_env(store: StoreLayout, env: Path, mark: Path, seen: int,
         mark.unlink(missing_ok=True)
     delete_tree(aside)
     result.removed.append(Removal(env, size, f"unused since {utc(seen / 1e9)}"))
+
+
+def _unheld_pycs(store: StoreLayout, result: GcResult) -> None:
+    """The pycs kept by source (`pycs/by-source-*/`) that no installed wheel holds any more:
+    a file with one link, the cache's own (one removal listed per dir)."""
+    dirs = sorted(os.listdir(store.pycs)) if os.path.isdir(store.pycs) else []
+    for where in [Path(store.pycs) / d for d in dirs if d.startswith(SOURCE_PYCS)]:
+        lone = [(p, st.st_size) for p in where.iterdir()
+                if (st := p.lstat()).st_nlink == 1 and not p.is_dir()]
+        if not lone:
+            continue
+        if not result.dry_run:
+            for path, _size in lone:
+                path.unlink(missing_ok=True)
+        result.removed.append(Removal(where, sum(size for _path, size in lone),
+                                      f"{len(lone)} pycs no installed wheel holds"))
 
 
 def _remove(path: Path, why: str, result: GcResult) -> None:

@@ -139,21 +139,14 @@ def discard(where: Path, why: str) -> None:
 
 def _install_trees(store: Store, missing: list[tuple[Artifact, Path]],
                    interp: Interpreter) -> dict[str, Tree]:
-    from .bytecode import compile_files
-    from .wheelinstall import install_wheel
+    from .bytecode import Compiler, compile_trees, source_pycs_dir
 
     staged: list[tuple[Artifact, Path, Path]] = []
     try:
-        for art, where in missing:
-            if not art.hashed:
-                _check_wheel(art)
-            staging = Path(tempfile.mkdtemp(prefix="tree-", dir=store.tmp))
-            staged.append((art, where, staging))
-            install_wheel(art.wheel, staging / ROOT, interp.site, interp.version,
-                          art.entry.name)
-        jobs = [("C", str(staging / ROOT), str(path)) for _art, _where, staging in staged
-                for path in (staging / ROOT / interp.site).rglob("*.py")]
-        compile_files(interp.executable, jobs)
+        with Compiler(interp.executable) as compiler:   # starts while the wheels go in
+            _install_wheels(store, missing, interp, staged)
+            compile_trees(compiler, [staging / ROOT for _art, _where, staging in staged],
+                          interp.site, interp.cache_tag, source_pycs_dir(store, interp))
         out: dict[str, Tree] = {}
         for art, where, staging in staged:
             out[art.wheel_sha256] = _seal_tree(art, where, staging)
@@ -162,6 +155,19 @@ def _install_trees(store: Store, missing: list[tuple[Artifact, Path]],
         for _art, _where, staging in staged:
             if staging.exists():
                 remove_tree(staging)
+
+
+def _install_wheels(store: Store, missing: list[tuple[Artifact, Path]], interp: Interpreter,
+                    staged: list[tuple[Artifact, Path, Path]]) -> None:
+    """Each missing wheel installed into a staging dir of its own (added to `staged`)."""
+    from .wheelinstall import install_wheel
+
+    for art, where in missing:
+        if not art.hashed:
+            _check_wheel(art)
+        staging = Path(tempfile.mkdtemp(prefix="tree-", dir=store.tmp))
+        staged.append((art, where, staging))
+        install_wheel(art.wheel, staging / ROOT, interp.site, interp.version, art.entry.name)
 
 
 def _check_wheel(art: Artifact) -> None:

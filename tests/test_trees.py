@@ -46,23 +46,29 @@ ODD_FILES: dict[str, tuple[bytes, int]] = {
 }
 
 
-def odd_wheel(dest: Path) -> Path:
+def make_wheel(dest: Path, name: str, version: str, files: dict[str, tuple[bytes, int]],
+               unrecorded: tuple[str, ...] = ()) -> Path:
+    """A wheel of `files` (path: data and mode), its RECORD listing all but `unrecorded`."""
     dest.mkdir(parents=True, exist_ok=True)
+    record = f"{name}-{version}.dist-info/RECORD"
     rows = []
-    for path, (data, _mode) in ODD_FILES.items():
-        if path != "odd/unrecorded.txt":
+    for path, (data, _mode) in files.items():
+        if path not in unrecorded:
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
             rows.append(f"{path},sha256={digest.decode()},{len(data)}\n")
-    rows.append("odd-1.0.dist-info/RECORD,,\n")
-    wheel = dest / "odd-1.0-py3-none-any.whl"
+    rows.append(f"{record},,\n")
+    wheel = dest / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
-        for path, (data, mode) in [*ODD_FILES.items(),
-                                   ("odd-1.0.dist-info/RECORD", ("".join(rows).encode(), 0o644))]:
+        for path, (data, mode) in [*files.items(), (record, ("".join(rows).encode(), 0o644))]:
             info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
             info.create_system = 3
             info.external_attr = (0o100000 | mode) << 16
             archive.writestr(info, data)
     return wheel
+
+
+def odd_wheel(dest: Path) -> Path:
+    return make_wheel(dest, "odd", "1.0", ODD_FILES, unrecorded=("odd/unrecorded.txt",))
 
 
 def build_json(*args: str | Path) -> dict[str, Any]:
@@ -224,6 +230,57 @@ def test_a_one_package_change_installs_one_wheel(tmp_path: Path, index: LocalInd
         "".join(trees_in(store) - before)
 
 
+def twin_wheel(dest: Path, version: str) -> Path:
+    """A release of `twin` whose modules but one are those of every other release."""
+    meta = f"Metadata-Version: 2.1\nName: twin\nVersion: {version}\n".encode()
+    return make_wheel(dest, "twin", version, {
+        "twin/__init__.py": (b"from twin.same import SAME\n", 0o644),
+        "twin/same.py": (b"SAME = {'a', 'b', 'c'}\n", 0o644),
+        "twin/changed.py": (f"VERSION = {version!r}\n".encode(), 0o644),
+        f"twin-{version}.dist-info/METADATA": (meta, 0o644),
+        f"twin-{version}.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: test\n"
+                                            b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+                                            0o644)})
+
+
+@pytest.mark.slow
+def test_a_new_release_takes_the_pycs_of_modules_it_left_as_they_were(
+        tmp_path: Path, index: LocalIndex) -> None:
+    """A module whose source and path a new release keeps gets the pyc compiled for the
+    old one (the same bytes a compile gives: a store that never saw the old release builds
+    the same tree); a changed module is compiled."""
+    for version in ("1.0", "2.0"):
+        twin_wheel(tmp_path / "wheels", version)
+    recipes = {}
+    for version in ("1.0", "2.0"):
+        recipe = write_recipe(tmp_path / version, index, deps=[f"twin=={version}"],
+                              name="twin")
+        recipe.write_text(recipe.read_text().replace(
+            "[index]\n", f'[index]\nfind-links = ["{tmp_path / "wheels"}"]\n'))
+        assert cli("lock", recipe).exit_code == 0
+        recipes[version] = recipe
+    store, fresh = tmp_path / "store", tmp_path / "fresh"
+    build_json(recipes["1.0"], "--store", store)
+    new = Path(build_json(recipes["2.0"], "--store", store, "--link", "hardlink")["path"])
+    again = Path(build_json(recipes["2.0"], "--store", fresh, "--link", "hardlink")["path"])
+    assert manifest_of(new)["tree_digest"] == manifest_of(again)["tree_digest"]
+    assert (new / ".envbuild" / "files").read_bytes() == \
+        (again / ".envbuild" / "files").read_bytes()
+    pycs = {p.name.split(".")[0]: p for p in next(new.glob("lib/python3.*/site-packages"))
+            .joinpath("twin", "__pycache__").iterdir()}
+    assert sorted(pycs) == ["__init__", "changed", "same"]
+    old_trees = [t for t in (store / "trees").iterdir()
+                 if json.loads((t / "tree.json").read_text())["artifact"].startswith("twin-1.0")]
+    old_pycs = {p.name.split(".")[0]: p for p in old_trees[0].glob("root/lib/*/site-packages/"
+                                                                    "twin/__pycache__/*.pyc")}
+    for module in ("__init__", "same"):   # one inode: the old release's pyc, kept
+        assert pycs[module].stat().st_ino == old_pycs[module].stat().st_ino
+    assert pycs["changed"].stat().st_ino != old_pycs["changed"].stat().st_ino
+    assert pycs["changed"].read_bytes() != old_pycs["changed"].read_bytes()
+    res = envbuild("run", new, "--", "python", "-c", "import twin.changed as c; print(c.VERSION)")
+    assert (res.returncode, res.stdout) == (0, "2.0\n"), res.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["hardlink", "copy"])
 def test_a_damaged_tree_is_installed_again(tmp_path: Path, odd_recipe: Path, how: str) -> None:
@@ -275,11 +332,18 @@ def test_gc_of_a_hardlinked_env_leaves_the_trees_modes(tmp_path: Path,
     assert any(nlink > 1 for _mode, nlink in modes.values())
     old = os.stat(store).st_mtime - 10 * 86400
     os.utime(store / "used" / env.name, (old, old))
-    stale = sorted((store / "trees").iterdir())[0]     # no build used it for ten days
+    stale = next(t for t in sorted((store / "trees").iterdir())   # no build used it
+                 if any(t.rglob("*.pyc")))                           # for ten days
     os.utime(stale, (old, old))
+    kept = list((store / "pycs").glob("by-source-*/*"))
+    # each the cache's, its tree's and the hardlinked env's
+    assert kept and all(p.stat().st_nlink == 3 for p in kept)
     res = envbuild("gc", "--store", store, "--keep-days", "1")
     assert res.returncode == 0, res.stderr
     assert not env.exists() and not stale.exists()
+    left = list((store / "pycs").glob("by-source-*/*"))   # only those a tree still holds
+    assert left and len(left) < len(kept) and all(p.stat().st_nlink > 1 for p in left)
+    assert "pycs no installed wheel holds" in res.stdout + res.stderr
     files = [p for p in files if stale not in p.parents]
     assert {p: stat.S_IMODE(p.stat().st_mode) for p in files} == \
         {p: modes[p][0] for p in files}
