@@ -58,11 +58,26 @@ class Compiler:
             self.argv, env=hermetic_env({"PYTHONHASHSEED": "0"}), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
 
-    def run(self, jobs: list[tuple[str, str, str]]) -> None:
-        """Compile each (mode, strip dir, path); the process ends with them."""
-        output, _ = self.child.communicate("\n".join("\t".join(job) for job in jobs))
-        if self.child.returncode != 0:
+    def start(self, jobs: list[tuple[str, str, str]]) -> None:
+        """Hand it each (mode, strip dir, path) to compile, without waiting (it reads them
+        all before it writes anything)."""
+        assert self.child.stdin is not None
+        try:
+            with self.child.stdin as feed:
+                feed.write("\n".join("\t".join(job) for job in jobs))
+        except BrokenPipeError:
+            pass   # it ended early: `wait` says why
+
+    def wait(self) -> None:
+        """Until it has compiled what `start` gave it; a ToolError if it failed."""
+        assert self.child.stdout is not None
+        output = self.child.stdout.read()
+        if self.child.wait() != 0:
             raise ToolError(self.argv, self.child.returncode, output)
+
+    def run(self, jobs: list[tuple[str, str, str]]) -> None:
+        self.start(jobs)
+        self.wait()
 
     def __enter__(self) -> Compiler:
         return self
@@ -70,7 +85,10 @@ class Compiler:
     def __exit__(self, *exc: object) -> None:
         if self.child.poll() is None:
             self.child.kill()
-        self.child.communicate()
+        self.child.wait()
+        for pipe in (self.child.stdin, self.child.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def compile_files(python: str, jobs: list[tuple[str, str, str]]) -> None:
@@ -80,12 +98,55 @@ def compile_files(python: str, jobs: list[tuple[str, str, str]]) -> None:
             compiler.run(jobs)
 
 
-def compile_trees(compiler: Compiler, roots: list[Path], site: str, cache_tag: str,
+def compile_early(compiler: Compiler, wheels: list[Path], site: str, cache_tag: str,
+                  by_source: str, scratch: Path) -> list[tuple[Path, str]]:
+    """The wheels' modules whose pyc is not kept yet (`by_source`), read from the wheels,
+    written under `scratch` at their place in a tree and handed to `compiler` at once, to
+    compile while the wheels are installed: what to keep (`keep`) once it is done."""
+    jobs: list[tuple[str, str, str]] = []
+    fresh: list[tuple[Path, str]] = []
+    for wheel in wheels:
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                modules = [(site_rel, zf.read(name))
+                           for name, site_rel in _wheel_modules(zf.namelist())]
+        except (OSError, zipfile.BadZipFile) as exc:
+            log.debug("%s: not read ahead: %s", wheel, exc)   # the installer says what
+            continue
+        for site_rel, data in modules:
+            rel = f"{site}/{site_rel}"
+            kept = os.path.join(by_source, source_pyc_key(rel, data))
+            if os.path.exists(kept):
+                continue
+            path = scratch / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            jobs.append(("C", str(scratch), str(path)))
+            fresh.append((_pyc(path, cache_tag), kept))
+    compiler.start(jobs)
+    return fresh
+
+
+def keep(fresh: list[tuple[Path, str]], by_source: str) -> None:
+    """Each freshly compiled pyc linked at its kept path, for the next tree."""
+    if fresh:
+        os.makedirs(by_source, exist_ok=True)
+    for pyc, kept in fresh:
+        try:
+            os.link(pyc, kept)
+        except FileExistsError:
+            pass   # another build kept the same bytes
+        except OSError as exc:
+            log.debug("%s not kept: %s", pyc, exc)
+
+
+def compile_trees(python: str, roots: list[Path], site: str, cache_tag: str,
                   by_source: str) -> None:
     """Every .py in each root's site-packages given its checked-hash pyc: linked from
     `by_source` (the store's pycs by source and path) where the same source at the same
-    path was compiled before, since a release that leaves a module as it was leaves its pyc
-    as it was too; the rest compiled, and linked there for the next build."""
+    path was compiled before (by `compile_early`, or for another release, since a release
+    that leaves a module as it was leaves its pyc as it was too); the rest compiled, and
+    kept there for the next build."""
     jobs: list[tuple[str, str, str]] = []
     fresh: list[tuple[Path, str]] = []
     for root in roots:
@@ -96,16 +157,8 @@ def compile_trees(compiler: Compiler, roots: list[Path], site: str, cache_tag: s
             if not _link_kept(kept, pyc):
                 jobs.append(("C", str(root), str(path)))
                 fresh.append((pyc, kept))
-    compiler.run(jobs)
-    if fresh:
-        os.makedirs(by_source, exist_ok=True)
-    for pyc, kept in fresh:
-        try:
-            os.link(pyc, kept)
-        except FileExistsError:
-            pass   # another build kept the same bytes
-        except OSError as exc:
-            log.debug("%s not kept: %s", pyc, exc)
+    compile_files(python, jobs)
+    keep(fresh, by_source)
 
 
 def source_pycs_dir(store: Store, interp: Interpreter) -> str:
@@ -174,17 +227,25 @@ def compile_launch(root: Path, launch_code: Path, interp: Interpreter, store: St
 
 def wheel_sources(wheel: Path) -> list[str]:
     """The .py files a wheel installs into site-packages, relative to it."""
-    out = []
     with zipfile.ZipFile(wheel) as zf:
-        for name in zf.namelist():
-            if not name.endswith(".py"):
+        return [site_rel for _name, site_rel in _wheel_modules(zf.namelist())]
+
+
+def _wheel_modules(names: list[str]) -> list[tuple[str, str]]:
+    """Of a wheel's member names, the .py files it installs into site-packages: each with
+    its path there (a name that would leave site-packages is left to the installer)."""
+    out = []
+    for name in names:
+        if not name.endswith(".py"):
+            continue
+        parts = name.split("/")
+        if parts[0].endswith(".data"):
+            if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
                 continue
-            parts = name.split("/")
-            if parts[0].endswith(".data"):
-                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
-                    continue
-                parts = parts[2:]
-            out.append("/".join(parts))
+            parts = parts[2:]
+        if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            continue
+        out.append((name, "/".join(parts)))
     return out
 
 

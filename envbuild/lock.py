@@ -6,21 +6,21 @@ under a comment header that records what it was made from.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
-
-from packaging.markers import Marker
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 
 from .errors import LockError, ToolError, UsageError
 from .fsutil import atomic_write
 from .proc import dist_version, hermetic_env, run_tool
 from .recipe import RESOLVERS, Recipe
+
+if TYPE_CHECKING:
+    from packaging.markers import Marker
 
 LOCK_SCHEMA = "envbuild.lock/1"
 _HEADER_KEYS = ("recipe", "resolver", "python", "index-url", "find-links")
@@ -197,23 +197,43 @@ def read_lock(recipe: Recipe) -> Lock:
                 entries=tuple(_entries(text, path)))
 
 
+# A pin with neither extras nor a marker, as the resolvers write most: a PEP 508 name and a
+# PEP 440 version in normal form, which packaging reads to the same name and version (so
+# it is imported only for a line that is not one)
+_PIN = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(\d+(?:\.\d+)*"
+                  r"(?:(?:a|b|rc)\d+)?(?:\.post\d+)?(?:\.dev\d+)?(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?)")
+_SEPARATORS = re.compile(r"[-_.]+")   # PEP 503 normalization: packaging's canonicalize_name
+
+
 def _entries(text: str, path: Path) -> list[LockEntry]:
     """Requirement lines of pip-compile output: `name==version [; marker] --hash=...`."""
     entries: list[LockEntry] = []
     for number, line in _logical_lines(text):
         parts = line.split(" --hash=")
-        try:
-            req = Requirement(parts[0].strip())
-        except InvalidRequirement as exc:
-            raise LockError(f"{path}: line {number}: not a requirement: {exc}") from None
-        pins = [s for s in req.specifier if s.operator == "=="]
-        if len(pins) != 1 or len(parts) < 2:
-            raise LockError(f"{path}: line {number}: expected 'name==version --hash=sha256:...', "
-                            f"found {line[:80]!r}; re-run `envbuild lock`")
-        entries.append(LockEntry(name=canonicalize_name(req.name), version=pins[0].version,
-                                 marker=req.marker,
+        pin = _PIN.fullmatch(parts[0].strip())
+        if pin is not None and len(parts) >= 2:
+            name, version, marker = _SEPARATORS.sub("-", pin[1]).lower(), pin[2], None
+        else:
+            name, version, marker = _requirement(line, parts, f"{path}: line {number}")
+        entries.append(LockEntry(name=name, version=version, marker=marker,
                                  hashes=tuple(h.strip() for h in parts[1:])))
     return entries
+
+
+def _requirement(line: str, parts: list[str], where: str) -> tuple[str, str, Marker | None]:
+    """A lock line's name, pinned version and marker, as packaging reads them."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        req = Requirement(parts[0].strip())
+    except InvalidRequirement as exc:
+        raise LockError(f"{where}: not a requirement: {exc}") from None
+    pins = [s for s in req.specifier if s.operator == "=="]
+    if len(pins) != 1 or len(parts) < 2:
+        raise LockError(f"{where}: expected 'name==version --hash=sha256:...', "
+                        f"found {line[:80]!r}; re-run `envbuild lock`")
+    return canonicalize_name(req.name), pins[0].version, req.marker
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from .errors import InputError, RecipeError
@@ -85,6 +84,35 @@ class Recipe:
                              f"matching '{self.requires_python}', found {found}; {fix}")
 
 
+def _check_requirements(deps: list[Any], where: str, issues: list[str]) -> None:
+    """packaging's reading of each dependency: its problems added to `issues`. Dependencies
+    it found sound are remembered per host (keyed by them and packaging's version), so that
+    a build of a recipe seen before does not import its parser (most of a cache hit)."""
+    import packaging
+
+    from .host import cached, remember
+
+    key = json.dumps([packaging.__version__, deps]) if all(
+        isinstance(dep, str) for dep in deps) else None
+    name = f"requirements-{hashlib.sha256(key.encode()).hexdigest()[:24]}" if key else ""
+    if key is not None and cached(name, key) == "sound":
+        return
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    before = len(issues)
+    for dep in deps:
+        try:
+            if not isinstance(dep, str):
+                raise InvalidRequirement(repr(dep))
+            if Requirement(dep).url:
+                issues.append(f"{where}: {dep!r}: direct URLs cannot be hash-locked from an "
+                              "index; publish it to an index or find-links")
+        except InvalidRequirement as exc:
+            issues.append(f"{where}: not a PEP 508 requirement: {dep!r} ({exc})")
+    if key is not None and len(issues) == before:
+        remember(name, key, "sound")
+
+
 def load_recipe(path: Path) -> Recipe:
     """Read and validate a recipe; raise RecipeError listing every problem found."""
     path = Path(path)
@@ -141,17 +169,7 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
         issues.append(f"{where('', 'dependencies')}: expected a non-empty list of PEP 508 "
                       f"requirements, found {deps!r}")
         deps = []
-    for dep in deps:
-        try:
-            if not isinstance(dep, str):
-                raise InvalidRequirement(repr(dep))
-            req = Requirement(dep)
-            if req.url:
-                issues.append(f"{where('', 'dependencies')}: {dep!r}: direct URLs cannot be "
-                              "hash-locked from an index; publish it to an index or find-links")
-        except InvalidRequirement as exc:
-            issues.append(f"{where('', 'dependencies')}: not a PEP 508 requirement: {dep!r} "
-                          f"({exc})")
+    _check_requirements(deps, where('', 'dependencies'), issues)
 
     index = data.get("index", {}) if isinstance(data.get("index", {}), dict) else {}
     index_url = index.get("url", os.environ.get("ENVBUILD_INDEX_URL") or PYPI_SIMPLE)

@@ -139,19 +139,26 @@ def discard(where: Path, why: str) -> None:
 
 def _install_trees(store: Store, missing: list[tuple[Artifact, Path]],
                    interp: Interpreter) -> dict[str, Tree]:
-    from .bytecode import Compiler, compile_trees, source_pycs_dir
+    from .bytecode import Compiler, compile_early, compile_trees, keep, source_pycs_dir
 
     staged: list[tuple[Artifact, Path, Path]] = []
+    by_source = source_pycs_dir(store, interp)
+    scratch = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.tmp))
     try:
-        with Compiler(interp.executable) as compiler:   # starts while the wheels go in
+        with Compiler(interp.executable) as compiler:   # compiles while the wheels go in
+            fresh = compile_early(compiler, [art.wheel for art, _where in missing],
+                                  interp.site, interp.cache_tag, by_source, scratch)
             _install_wheels(store, missing, interp, staged)
-            compile_trees(compiler, [staging / ROOT for _art, _where, staging in staged],
-                          interp.site, interp.cache_tag, source_pycs_dir(store, interp))
+            compiler.wait()
+        keep(fresh, by_source)
+        compile_trees(interp.executable, [staging / ROOT for _art, _where, staging in staged],
+                      interp.site, interp.cache_tag, by_source)
         out: dict[str, Tree] = {}
         for art, where, staging in staged:
             out[art.wheel_sha256] = _seal_tree(art, where, staging)
         return out
     finally:
+        remove_tree(scratch)
         for _art, _where, staging in staged:
             if staging.exists():
                 remove_tree(staging)

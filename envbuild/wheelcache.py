@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-
 from .dlcache import ORIGIN, DownloadCache, checked_files, link_entry, listed
 from .errors import BuildError, CacheIntegrityError, ToolError
 from .fsutil import publish_dir, remove_tree
@@ -32,6 +30,8 @@ from .recipe import Recipe
 from .store import Store
 
 if TYPE_CHECKING:
+    from packaging.tags import Tag
+
     from .trust import Trust
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class WheelCache:
         self.store, self.interp, self.recipe = store, interp, recipe
         self.offline, self.progress = offline, progress
         self.downloads = downloads if downloads is not None else DownloadCache()
-        self.tags = interp.supported_tags()
+        self.tags: set[Tag] | None = None   # computed by the first wheel that asks
         self.installed = installed
         self.unhashed: set[Path] = set()
         self.present: set[str] | None = None    # the store's wheel cache entries, if listed
@@ -126,6 +126,11 @@ class WheelCache:
         the store's wheel cache, or in the entry dirs `where` names."""
         candidates = [(path, digest) for digest in entry.hashes
                       for path in self._files(digest, where)]
+        if (len(candidates) == 1 and where is None and candidates[0][0].suffix == ".whl"
+                and self.installed is not None and self.installed(candidates[0][1])):
+            # the only one there, and installed for this interpreter: an earlier build
+            # chose it by its tags, as the check below would now (so no tags are computed)
+            return candidates[0]
         wheels = [c for c in candidates if c[0].suffix == ".whl" and self._compatible(c[0].name)]
         sdists = [c for c in candidates if c[0].suffix != ".whl"]
         best = wheels or sdists
@@ -157,6 +162,10 @@ class WheelCache:
         return folder / path.name, digest
 
     def _compatible(self, filename: str) -> bool:
+        from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+        if self.tags is None:   # (threads may both compute it: the same answer)
+            self.tags = self.interp.supported_tags()
         try:
             return bool(parse_wheel_filename(filename)[3] & self.tags)
         except InvalidWheelFilename:

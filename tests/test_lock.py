@@ -460,3 +460,39 @@ def test_header_records_find_links_as_the_recipe_writes_them(tmp_path: Path,
     text = (project / "local.lock").read_text()
     assert "# find-links: wheels/\n" in text
     assert str(tmp_path) not in text
+
+
+# ---- reading a lock ----------------------------------------------------------------------------
+
+LOCK_LINES = [
+    "requests==2.34.2", "Typing_Extensions==4.16.0", "zope.interface==7.2",
+    "a==1.0a1", "b==2.0rc3", "c==3.0.post2", "d==4.0.dev5", "e==1.0+local.7", "f==1!2.0",
+    "g==1.0.0b1.post2.dev3", "h[extra]==1.0", 'i==1.0 ; python_version < "3.11"',
+    "j==1.0;sys_platform=='linux'", "K.L_m==0.0.1", "n==1.*",
+]
+
+
+def test_lock_lines_read_as_packaging_reads_them(tmp_path: Path) -> None:
+    """A plain pin is read without packaging, to the name, version and marker packaging
+    gives; every other line is packaging's to read."""
+    from envbuild.lock import _entries, _requirement
+
+    digest = " --hash=sha256:" + "0" * 64
+    text = "".join(f"{line}{digest}\n" for line in LOCK_LINES)
+    read = _entries(text, tmp_path / "x.lock")
+    assert len(read) == len(LOCK_LINES)
+    for line, entry in zip(LOCK_LINES, read):
+        parts = (line + digest).split(" --hash=")
+        name, version, marker = _requirement(line, parts, "here")
+        assert (entry.name, entry.version, str(entry.marker)) == (name, version, str(marker))
+        assert entry.hashes == ("sha256:" + "0" * 64,)
+
+
+def test_a_lock_of_plain_pins_is_read_without_packagings_parser(tmp_path: Path) -> None:
+    lock = tmp_path / "x.lock"
+    plain = LOCK_LINES[:8] + LOCK_LINES[9:10]
+    lock.write_text("".join(f"{line} --hash=sha256:{'1' * 64}\n" for line in plain))
+    code = ("import sys\nfrom pathlib import Path\nfrom envbuild.lock import _entries\n"
+            f"assert len(_entries(Path({str(lock)!r}).read_text(), Path('x'))) == 9\n"
+            "assert 'packaging.requirements' not in sys.modules, 'imported'\n")
+    subprocess.run([sys.executable, "-I", "-c", code], check=True)

@@ -324,3 +324,32 @@ def test_digest_is_taken_before_defaults(tmp_path: Path, monkeypatch: pytest.Mon
     before = load_recipe(path).digest
     monkeypatch.setenv("ENVBUILD_INDEX_URL", "https://elsewhere.example/simple")
     assert load_recipe(path).digest == before
+
+
+def test_sound_dependencies_are_parsed_once_per_host(tmp_path: Path) -> None:
+    """packaging's parser reads a recipe's dependencies the first time; a later load of the
+    same dependencies (another process, the same host cache) does not import it; an
+    unsound dependency is refused every time, never remembered."""
+    import os
+    import subprocess
+
+    deps = '"requests[socks]>=2.31", "tomli>=2; python_version < \\"3.11\\"", "httpx"'
+    good = tmp_path / "good.toml"
+    good.write_text(f'name = "good"\nrequires-python = ">=3.9"\ndependencies = [{deps}]\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\nrequires-python = ">=3.9"\ndependencies = ["requests>>2"]\n')
+    code = ("import sys\nfrom pathlib import Path\nfrom envbuild.errors import RecipeError\n"
+            "from envbuild.recipe import load_recipe\n"
+            "try:\n    load_recipe(Path(sys.argv[1]))\n    print('loaded', end=' ')\n"
+            "except RecipeError as exc:\n    print('refused', 'requests>>2' in str(exc), end=' ')\n"
+            "print('packaging.requirements' in sys.modules)\n")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def load(recipe: Path) -> str:
+        return subprocess.run([sys.executable, "-c", code, str(recipe)], env=env, check=True,
+                              capture_output=True, text=True).stdout
+
+    assert load(good) == "loaded True\n"
+    assert load(good) == "loaded False\n"
+    assert load(bad) == "refused True True\n"
+    assert load(bad) == "refused True True\n"

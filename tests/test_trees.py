@@ -409,3 +409,33 @@ def test_a_wheel_the_installer_cannot_read_fails_naming_it(tmp_path: Path,
     res = envbuild("build", recipe, "--store", tmp_path / "store", "--installer", "pip")
     assert res.returncode == 0, res.stderr
     assert (Path(res.stdout.strip()) / "share" / "nowheel.txt").is_file()
+
+
+@pytest.mark.slow
+def test_a_build_from_installed_trees_computes_no_wheel_tags(tmp_path: Path,
+                                                             odd_recipe: Path) -> None:
+    """Where each entry has one wheel in the store and its tree for this interpreter, the
+    wheel is the one an earlier build chose by its tags, so none are computed; without the
+    trees they are, and the same wheels are chosen."""
+    store = tmp_path / "store"
+    first = build_json(odd_recipe, "--store", store)
+    code = ("import runpy, sys\n"
+            "sys.argv = ['envbuild', 'build', sys.argv[1], '--store', sys.argv[2], '--force',"
+            " '--json']\n"
+            "try:\n    runpy.run_module('envbuild', run_name='__main__')\n"
+            "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('packaging.tags' in sys.modules)\n")
+
+    def build() -> tuple[dict[str, Any], str]:
+        res = subprocess.run([sys.executable, "-c", code, str(odd_recipe), str(store)],
+                             capture_output=True, text=True, check=True)
+        result, tags = res.stdout.splitlines()
+        return json.loads(result), tags
+
+    again, tags = build()
+    assert tags == "False"
+    assert again["manifest_digest"] == first["manifest_digest"]
+    (store / "trees").rename(store / "trees-aside")
+    fresh, tags = build()
+    assert tags == "True"
+    assert fresh["manifest_digest"] == first["manifest_digest"]
