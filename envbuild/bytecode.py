@@ -1,11 +1,12 @@
 """Bytecode for a new env: checked-hash pycs, compiled with the build dir stripped and a
-fixed PYTHONHASHSEED, so they are the same bytes in every build; each wheel's pycs are
-kept in the store (`pycs/<wheel sha256>-<abi>-<version>/`) and copied, not compiled again,
-by the next build that installs that wheel."""
+fixed PYTHONHASHSEED, so they are the same bytes in every build. An installed tree's pycs
+are kept by the path and source they come from (`pycs/by-source-<abi>-<version>/`, hard
+links) and linked into the next tree with the same module; with `--installer pip` each
+wheel's pycs are kept in `pycs/<wheel sha256>-<abi>-<version>/` and copied by the next
+build that installs that wheel."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from .errors import ToolError
 from .fsutil import publish_dir, remove_tree
+from .hashing import sha256_bytes
 from .interpreter import Interpreter
+from .layout import digest_hex
 from .proc import hermetic_env
 from .store import Store
 from .wheelcache import Artifact
@@ -25,7 +28,8 @@ log = logging.getLogger(__name__)
 
 SOURCE_PYCS = "by-source-"   # pycs/<this><abi>-<version>/: trees' pycs by path and source
 
-# Runs in the target interpreter: compiles the files named on stdin, in parallel; a line is
+# Runs in the target interpreter: compiles the files named on stdin (in parallel where
+# there are more than a few); a line is
 # "MODE\tSTRIP\tPATH", MODE C (checked-hash pyc) or U (unchecked-hash), STRIP the dir whose
 # path is left out of the pyc's file name.
 _COMPILE = r"""
@@ -115,7 +119,7 @@ def compile_early(compiler: Compiler, wheels: list[Path], site: str, cache_tag: 
             continue
         for site_rel, data in modules:
             rel = f"{site}/{site_rel}"
-            kept = os.path.join(by_source, source_pyc_key(rel, data))
+            kept = _kept_path(by_source, rel, data)
             if os.path.exists(kept):
                 continue
             path = scratch / rel
@@ -152,8 +156,7 @@ def compile_trees(python: str, roots: list[Path], site: str, cache_tag: str,
     for root in roots:
         for path in (root / site).rglob("*.py"):
             pyc = _pyc(path, cache_tag)
-            kept = os.path.join(by_source, source_pyc_key(
-                path.relative_to(root).as_posix(), path.read_bytes()))
+            kept = _kept_path(by_source, path.relative_to(root).as_posix(), path.read_bytes())
             if not _link_kept(kept, pyc):
                 jobs.append(("C", str(root), str(path)))
                 fresh.append((pyc, kept))
@@ -163,15 +166,16 @@ def compile_trees(python: str, roots: list[Path], site: str, cache_tag: str,
 
 def source_pycs_dir(store: Store, interp: Interpreter) -> str:
     """Checked-hash pycs by the source they were compiled from and its path in the tree
-    (`source_pyc_key`), for one interpreter: a new release that leaves a module as it was
+    (`_kept_path`), for one interpreter: a new release that leaves a module as it was
     takes its pyc from here instead of compiling it again."""
     return os.path.join(store.layout.pycs, f"{SOURCE_PYCS}{interp.abi}-{interp.version}")
 
 
-def source_pyc_key(rel: str, source: bytes) -> str:
-    """What decides a checked-hash pyc's bytes, for one interpreter: the source and its
-    path (which the pyc names, the build dir stripped)."""
-    return hashlib.sha256(rel.encode() + b"\0" + source).hexdigest()
+def _kept_path(by_source: str, rel: str, source: bytes) -> str:
+    """Where the pyc of `source` at `rel` (in a tree) is kept: named by what decides a
+    checked-hash pyc's bytes, for one interpreter, the source and its path (which the pyc
+    names, the build dir stripped)."""
+    return os.path.join(by_source, digest_hex(sha256_bytes(rel.encode() + b"\0" + source)))
 
 
 def _link_kept(kept: str, pyc: Path) -> bool:

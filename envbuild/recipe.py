@@ -92,11 +92,12 @@ def _check_requirements(deps: list[Any], where: str, issues: list[str]) -> None:
 
     from .host import cached, remember
 
-    key = json.dumps([packaging.__version__, deps]) if all(
-        isinstance(dep, str) for dep in deps) else None
-    name = f"requirements-{hashlib.sha256(key.encode()).hexdigest()[:24]}" if key else ""
-    if key is not None and cached(name, key) == "sound":
-        return
+    key = name = ""   # (none for a list with other things than strings: not remembered)
+    if all(isinstance(dep, str) for dep in deps):
+        key = json.dumps([packaging.__version__, deps])
+        name = f"requirements-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+        if cached(name, key) == "sound":
+            return
     from packaging.requirements import InvalidRequirement, Requirement
 
     before = len(issues)
@@ -109,7 +110,7 @@ def _check_requirements(deps: list[Any], where: str, issues: list[str]) -> None:
                               "index; publish it to an index or find-links")
         except InvalidRequirement as exc:
             issues.append(f"{where}: not a PEP 508 requirement: {dep!r} ({exc})")
-    if key is not None and len(issues) == before:
+    if key and len(issues) == before:
         remember(name, key, "sound")
 
 
