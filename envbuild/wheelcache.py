@@ -42,6 +42,10 @@ Progress = Callable[[str], None]
 _DOWNLOADING = re.compile(r"\s*Downloading (\S+) \(([^)]+)\)")
 _NETWORK_TROUBLE = ("ConnectionError", "ReadTimeoutError", "Max retries exceeded",
                     "IncompleteRead", "Connection reset", "ProtocolError")
+# a pure wheel for any Python 3 (`py3-none-any`, `py2.py3-none-any`): every interpreter
+# envbuild builds for installs it (packaging's compatible_tags always hold py3-none-any)
+_ANY_PY3 = re.compile(r"[A-Za-z0-9_.]+-[A-Za-z0-9_.!+]+(-[0-9][A-Za-z0-9_.]*)?"
+                      r"-(py2\.)?py3-none-any\.whl")
 
 
 def artifact_origin(wheel_dir: str) -> str | None:
@@ -162,6 +166,8 @@ class WheelCache:
         return folder / path.name, digest
 
     def _compatible(self, filename: str) -> bool:
+        if _ANY_PY3.fullmatch(filename):   # (so a build of pure wheels computes no tags)
+            return True
         from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
         if self.tags is None:   # (threads may both compute it: the same answer)

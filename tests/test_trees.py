@@ -47,7 +47,7 @@ ODD_FILES: dict[str, tuple[bytes, int]] = {
 
 
 def make_wheel(dest: Path, name: str, version: str, files: dict[str, tuple[bytes, int]],
-               unrecorded: tuple[str, ...] = ()) -> Path:
+               unrecorded: tuple[str, ...] = (), tag: str = "py3-none-any") -> Path:
     """A wheel of `files` (path: data and mode), its RECORD listing all but `unrecorded`."""
     dest.mkdir(parents=True, exist_ok=True)
     record = f"{name}-{version}.dist-info/RECORD"
@@ -57,7 +57,7 @@ def make_wheel(dest: Path, name: str, version: str, files: dict[str, tuple[bytes
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
             rows.append(f"{path},sha256={digest.decode()},{len(data)}\n")
     rows.append(f"{record},,\n")
-    wheel = dest / f"{name}-{version}-py3-none-any.whl"
+    wheel = dest / f"{name}-{version}-{tag}.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         for path, (data, mode) in [*files.items(), (record, ("".join(rows).encode(), 0o644))]:
             info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
@@ -412,13 +412,30 @@ def test_a_wheel_the_installer_cannot_read_fails_naming_it(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_a_build_from_installed_trees_computes_no_wheel_tags(tmp_path: Path,
-                                                             odd_recipe: Path) -> None:
+def test_wheel_tags_are_computed_only_for_a_wheel_of_one_platform_not_installed(
+        tmp_path: Path, index: LocalIndex) -> None:
     """Where each entry has one wheel in the store and its tree for this interpreter, the
-    wheel is the one an earlier build chose by its tags, so none are computed; without the
-    trees they are, and the same wheels are chosen."""
+    wheel is the one an earlier build chose by its tags, so none are computed; nor are they
+    for a pure wheel (`py3-none-any`) that every Python 3 installs. Without the trees, the
+    platform wheel's tags are computed, and the same wheels are chosen."""
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "platpkg", "1.0", {
+        "platpkg/__init__.py": (b"PLAT = 1\n", 0o644),
+        "platpkg-1.0.dist-info/METADATA": (b"Metadata-Version: 2.1\nName: platpkg\n"
+                                           b"Version: 1.0\n", 0o644),
+        "platpkg-1.0.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: test\n"
+                                        b"Root-Is-Purelib: false\n"
+                                        b"Tag: py3-none-linux_x86_64\n", 0o644)},
+        tag="py3-none-linux_x86_64")
+    recipe = write_recipe(tmp_path, index, deps=["beta"], name="tags")
+    recipe.write_text(recipe.read_text().replace(
+        "[index]\n", '[index]\nfind-links = ["wheels/"]\n'))
+    assert cli("lock", recipe).exit_code == 0
+    plat = tmp_path / "plat.toml"
+    plat.write_text(recipe.read_text().replace('"beta"', '"beta", "platpkg"').replace(
+        'name = "tags"', 'name = "plat"'))
+    assert cli("lock", plat).exit_code == 0
     store = tmp_path / "store"
-    first = build_json(odd_recipe, "--store", store)
     code = ("import runpy, sys\n"
             "sys.argv = ['envbuild', 'build', sys.argv[1], '--store', sys.argv[2], '--force',"
             " '--json']\n"
@@ -426,16 +443,23 @@ def test_a_build_from_installed_trees_computes_no_wheel_tags(tmp_path: Path,
             "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
             "print('packaging.tags' in sys.modules)\n")
 
-    def build() -> tuple[dict[str, Any], str]:
-        res = subprocess.run([sys.executable, "-c", code, str(odd_recipe), str(store)],
+    def build(which: Path) -> tuple[dict[str, Any], str]:
+        res = subprocess.run([sys.executable, "-c", code, str(which), str(store)],
                              capture_output=True, text=True, check=True)
         result, tags = res.stdout.splitlines()
         return json.loads(result), tags
 
-    again, tags = build()
+    pure, _tags = build(recipe)
+    first, _tags = build(plat)   # (pip chose the downloaded wheels by their tags)
+    assert "platpkg-1.0-py3-none-linux_x86_64.whl" in (Path(first["path"]) /
+                                                        MANIFEST).read_text()
+    again, tags = build(plat)
     assert tags == "False"
     assert again["manifest_digest"] == first["manifest_digest"]
     (store / "trees").rename(store / "trees-aside")
-    fresh, tags = build()
+    fresh, tags = build(plat)
     assert tags == "True"
     assert fresh["manifest_digest"] == first["manifest_digest"]
+    (store / "trees-aside").rename(store / "trees-aside-2")
+    (store / "trees").rename(store / "trees-aside")
+    assert build(recipe) == (pure, "False")   # beta's pure wheel installed again: no tags
