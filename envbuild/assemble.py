@@ -37,7 +37,8 @@ from .proc import hermetic_env, pip_argv, run_tool
 from .recipe import Recipe
 from .startup import startup_of
 from .store import Store
-from .trees import TreeDamaged, link_trees, trees_for
+from .treeinstall import Installing, install_trees
+from .trees import Tree, TreeDamaged, link_trees, load_trees, tree_places
 from .wheelcache import Artifact
 
 
@@ -48,24 +49,41 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     files linked from the store's trees by `link` (hardlink, reflink or copy), or with
     `link` None installed by pip (the reference installer)."""
     progress(f"creating a venv for Python {interp.version}")
-    with ThreadPoolExecutor(1) as pool:   # the trees' records are read meanwhile
-        venv = pool.submit(_venv, tmp, interp, recipe.name, store)
-        trees = trees_for(store, artifacts, interp, progress) if link is not None else []
-        venv.result()
-    linked = None
-    if link is None:
-        progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
-        _install(tmp, artifacts, store.tmp)
-    install_launcher(tmp, interp)
-    _relocate(tmp, interp)
-    compile_launch(tmp, tmp / LAUNCH_DIR, interp, store)
-    if link is None:
-        progress("compiling bytecode")
-        compile_env(tmp, interp.site, artifacts, interp, store)
-    else:
-        _normalize_files(tmp)   # the venv's and the launch code's; the trees' come right
-        progress(f"putting {len(artifacts)} distributions in place from the store ({link})")
-        linked = link_trees(trees, tmp, link)
+    places = tree_places(store, artifacts, interp) if link is not None else []
+    there = [where if where.is_dir() else None for where in places]
+    absent = [(art, where) for art, where, seen in zip(artifacts, places, there) if not seen]
+    if absent:   # installed by forked children while the other trees' files go in place
+        progress(f"installing {len(absent)} of {len(artifacts)} wheels into the store "
+                 "(once per wheel and Python)")
+        os.makedirs(store.layout.trees, exist_ok=True)
+    installing = Installing.start(store, absent, interp) if absent else None
+    try:
+        with ThreadPoolExecutor(1) as pool:   # the trees' records are read meanwhile
+            venv = pool.submit(_venv, tmp, interp, recipe.name, store)
+            trees = load_trees(there)
+            venv.result()
+        linked = None
+        if link is None:
+            progress(f"installing {len(artifacts)} distributions (offline, hash-checked)")
+            _install(tmp, artifacts, store.tmp)
+        install_launcher(tmp, interp)
+        _relocate(tmp, interp)
+        compile_launch(tmp, tmp / LAUNCH_DIR, interp, store)
+        if link is None:
+            progress("compiling bytecode")
+            compile_env(tmp, interp.site, artifacts, interp, store)
+        else:
+            _normalize_files(tmp)   # the venv's and the launch code's; the trees' come right
+            progress(f"putting {len(artifacts)} distributions in place from the store "
+                     f"({link})")
+            linked = link_trees([t for t in trees if t is not None], tmp, link)
+            if installing is not None or None in trees:
+                linked = link_trees(_all_trees(store, artifacts, interp, places, trees,
+                                               installing), tmp, link, placed=linked)
+        installing = None
+    finally:
+        if installing is not None:
+            installing.reap()
     startup = startup_of(tmp, interp.site, venv.result())   # before the hook, which refuses
     if recipe.launch_hook:
         (tmp / interp.site / HOOK_PTH).write_text(hook_line())
@@ -99,6 +117,20 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
             raise
         raise TreeDamaged({linked.source[exc.rel]: exc.rel}) from None
     _freeze_dirs(tmp, linked.dirs if linked else ())
+
+
+def _all_trees(store: Store, artifacts: list[Artifact], interp: Interpreter,
+               places: list[Path], trees: list[Tree | None], installing: Installing | None
+               ) -> list[Tree]:
+    """Every artifact's tree, in order: those `installing` installs once it ends, and any
+    found damaged meanwhile (removed, so `load_trees` gave None) installed again here."""
+    done = installing.wait() if installing is not None else {}
+    again = [(art, where) for art, where, tree in zip(artifacts, places, trees)
+             if tree is None and art.wheel_sha256 not in done]
+    if again:
+        done.update(install_trees(store, again, interp))
+    return [tree if tree is not None else done[art.wheel_sha256]
+            for art, tree in zip(artifacts, trees)]
 
 
 def _install(tmp: Path, artifacts: list[Artifact], store_tmp: Path) -> None:

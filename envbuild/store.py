@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
 REFRESH_SECONDS = 10.0
+REFRESHER = "envbuild: lock refresher"   # the thread's name: forking beside it is safe
 TAKEOVER_STALE_SECONDS = 10.0   # moving a dead lock aside takes milliseconds
 
 
@@ -184,7 +185,8 @@ def exclusive(path: Path, poll: float = 0.1,
     finally:
         tmp.unlink(missing_ok=True)
     stop = threading.Event()
-    refresher = threading.Thread(target=_refresh, args=(path, stop), daemon=True)
+    refresher = threading.Thread(target=_refresh, args=(path, stop), daemon=True,
+                                 name=REFRESHER)
     refresher.start()
     try:
         yield

@@ -12,7 +12,6 @@ difference when the env is verified at the full level."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -24,15 +23,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from .dlcache import checked_files
-from .errors import BuildError, CacheIntegrityError, InputError
-from .fsutil import publish_dir, remove_tree
-from .hostreq import ElfRead, read_elf
+from .errors import BuildError, InputError
+from .fsutil import remove_tree
+from .hostreq import ElfRead
 from .interpreter import Interpreter
 from .manifest import Known
 from .pipscripts import pip_style
 from .proc import dist_version
-from .sidecars import FILES_SCHEMA, files_line, read_files, walk
+from .sidecars import read_files
 from .store import Store
 
 if TYPE_CHECKING:
@@ -72,26 +70,23 @@ class Tree:
         return f"{self.path}/{ROOT}/"
 
 
-def trees_for(store: Store, artifacts: list[Artifact], interp: Interpreter,
-              progress: Progress) -> list[Tree]:
-    """One intact tree per artifact, in order, installing the missing ones."""
-    found: dict[str, Tree] = {}
-    missing: list[tuple[Artifact, Path]] = []
+def tree_places(store: Store, artifacts: list[Artifact], interp: Interpreter) -> list[Path]:
+    """Where each artifact's tree is, or goes, in the store."""
     style = pip_style()
-    for art in artifacts:
-        where = Path(store.layout.tree_dir(art.wheel_sha256, interp.abi, interp.version, style))
-        tree = load_tree(where)
-        if tree is None:
-            missing.append((art, where))
-        else:
-            found[art.wheel_sha256] = tree
+    return [Path(store.layout.tree_dir(art.wheel_sha256, interp.abi, interp.version, style))
+            for art in artifacts]
+
+
+def load_trees(places: list[Path | None]) -> list[Tree | None]:
+    """The intact tree at each place (each marked used), None where there is none (or no
+    place: a tree being installed, which is not looked at meanwhile)."""
+    out = []
+    for where in places:
+        tree = load_tree(where) if where is not None else None
+        if tree is not None and where is not None:
             _mark_used(where)
-    if missing:
-        progress(f"installing {len(missing)} of {len(artifacts)} wheels into the store "
-                 "(once per wheel and Python)")
-        os.makedirs(store.layout.trees, exist_ok=True)
-        found.update(_install_trees(store, missing, interp))
-    return [found[art.wheel_sha256] for art in artifacts]
+        out.append(tree)
+    return out
 
 
 def installed(store: Store, interp: Interpreter) -> Callable[[str], bool]:
@@ -135,97 +130,6 @@ def _mark_used(where: Path) -> None:
 def discard(where: Path, why: str) -> None:
     log.warning("%s: %s; installing the wheel again", where, why)
     remove_tree(where)
-
-
-def _install_trees(store: Store, missing: list[tuple[Artifact, Path]],
-                   interp: Interpreter) -> dict[str, Tree]:
-    from .bytecode import Compiler, compile_early, compile_trees, keep, source_pycs_dir
-
-    staged: list[tuple[Artifact, Path, Path]] = []
-    by_source = source_pycs_dir(store, interp)
-    scratch = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.tmp))
-    try:
-        with Compiler(interp.executable) as compiler:   # compiles while the wheels go in
-            fresh = compile_early(compiler, [art.wheel for art, _where in missing],
-                                  interp.site, interp.cache_tag, by_source, scratch)
-            _install_wheels(store, missing, interp, staged)
-            compiler.wait()
-        keep(fresh, by_source)
-        compile_trees(interp.executable, [staging / ROOT for _art, _where, staging in staged],
-                      interp.site, interp.cache_tag, by_source)
-        out: dict[str, Tree] = {}
-        for art, where, staging in staged:
-            out[art.wheel_sha256] = _seal_tree(art, where, staging)
-        return out
-    finally:
-        remove_tree(scratch)
-        for _art, _where, staging in staged:
-            if staging.exists():
-                remove_tree(staging)
-
-
-def _install_wheels(store: Store, missing: list[tuple[Artifact, Path]], interp: Interpreter,
-                    staged: list[tuple[Artifact, Path, Path]]) -> None:
-    """Each missing wheel installed into a staging dir of its own (added to `staged`)."""
-    from .wheelinstall import install_wheel
-
-    for art, where in missing:
-        if not art.hashed:
-            _check_wheel(art)
-        staging = Path(tempfile.mkdtemp(prefix="tree-", dir=store.tmp))
-        staged.append((art, where, staging))
-        install_wheel(art.wheel, staging / ROOT, interp.site, interp.version, art.entry.name)
-
-
-def _check_wheel(art: Artifact) -> None:
-    """A wheel found but not read (its tree was there) has the lock's bytes; one that does
-    not is discarded from the wheel cache, as every lookup there discards it."""
-    if art.wheel not in checked_files(art.wheel.parent, art.wheel_sha256, offline=False):
-        raise CacheIntegrityError(f"{art.wheel}: expected sha256 {art.wheel_sha256} (from the "
-                                  "lock), found other bytes; removed from the wheel cache: "
-                                  "build again to fetch it anew")
-
-
-def _seal_tree(art: Artifact, where: Path, staging: Path) -> Tree:
-    """Record the staged tree's files, make it read-only and publish it at `where`."""
-    root = staging / ROOT
-    forbidden = str(staging).encode()
-    lines, files, elf = [FILES_SCHEMA + "\n"], {}, {}
-    for rel, st in sorted(walk(str(root)).items()):
-        if stat.S_ISDIR(st.st_mode):
-            os.chmod(root / rel, 0o555)
-            continue
-        data = (root / rel).read_bytes()
-        if forbidden in data:
-            raise BuildError(f"{art.wheel.name}: {rel} holds the install dir's path; it "
-                             "would break when moved")
-        mode = 0o555 if st.st_mode & 0o111 else 0o444
-        if stat.S_IMODE(st.st_mode) != mode:
-            os.chmod(root / rel, mode)
-        digest = hashlib.sha256(data).hexdigest()
-        files[rel] = (mode, len(data), digest)
-        lines.append(files_line("f", mode, len(data), digest, rel))
-        if data[:4] == b"\x7fELF":
-            got = read_elf(root / rel)
-            if got is not None:
-                elf[rel] = got
-    (staging / FILES).write_text("".join(lines), encoding="utf-8")
-    (staging / INFO).write_text(json.dumps(
-        {"format": TREE_FORMAT, "wheel": art.wheel_sha256, "artifact": art.wheel.name,
-         "installer": identity(),
-         "elf": {rel: [needed, search, sorted(glibc), {k: sorted(v) for k, v in needs.items()}]
-                 for rel, (needed, search, glibc, needs) in elf.items()}},
-        sort_keys=True), encoding="utf-8")
-    for name in (FILES, INFO):
-        os.chmod(staging / name, 0o444)
-    os.chmod(root, 0o555)
-    os.chmod(staging, 0o555)
-    if not publish_dir(staging, where):   # another build published it first
-        tree = load_tree(where)
-        if tree is not None:
-            return tree
-        raise BuildError(f"{where}: expected the tree another build published, found none")
-    return Tree(where, files, elf)
 
 
 # ---- linking an env's files from the trees -------------------------------------------------
@@ -335,29 +239,38 @@ class Linked:
     dirs: list[str]                     # the dirs made for them: nothing else is in these
 
 
-def link_trees(trees: Iterable[Tree], root: Path, how: str) -> Linked:
+def link_trees(trees: Iterable[Tree], root: Path, how: str,
+               placed: Linked | None = None) -> Linked:
     """Every tree's files put under `root` (a later tree's file replaces an earlier one's,
-    as a later install does)."""
+    as a later install does). `placed`: what an earlier call put there from some of these
+    trees (those the store had while the others were installed), now completed."""
     chosen: dict[str, Tree] = {}
     for tree in trees:
         for rel in tree.files:
             chosen[rel] = tree
     base = str(root) + "/"
-    parents = {rel.rpartition("/")[0] for rel in chosen}
+    items = list(chosen.items())
+    todo = items
+    if placed is not None:
+        todo = [(rel, tree) for rel, tree in items if placed.source.get(rel) != tree.path]
+        for rel, _tree in todo:
+            if rel in placed.source:   # a later tree's file: it replaces the one put there
+                os.unlink(base + rel)
+    parents = {rel.rpartition("/")[0] for rel, _tree in todo}
     made = _mkdirs(sorted({"/".join(p.split("/")[:n]) for p in parents if p
                           for n in range(1, p.count("/") + 2)}), base)
-    items = list(chosen.items())
     from concurrent.futures import ThreadPoolExecutor
 
     # in threads: the syscalls free the GIL (a copy's most of all)
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        damaged = [bad for part in pool.map(lambda part: _put(part, base, how), _chunks(items))
+        damaged = [bad for part in pool.map(lambda part: _put(part, base, how), _chunks(todo))
                    for bad in part]
     if damaged:
         raise TreeDamaged({chosen[rel].path: rel for rel in reversed(damaged)})
     return Linked({rel: tree.files[rel] for rel, tree in items},
                   {rel: tree.elf.get(rel) for rel, tree in items},
-                  {rel: tree.path for rel, tree in items}, made)
+                  {rel: tree.path for rel, tree in items},
+                  [*placed.dirs, *made] if placed is not None else made)
 
 
 def _chunks(seq: list[T]) -> list[list[T]]:

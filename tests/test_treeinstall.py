@@ -1,0 +1,151 @@
+"""The missing trees installed by forked children while the build puts the other trees'
+files in place: the same trees and env as an install in the build's own process (where
+forking is not safe); a later wheel's file replaces an earlier one's whichever of the two
+trees is new; a child's failure reported as the build's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cli, write_recipe
+from pkgindex import LocalIndex
+from test_trees import make_wheel
+
+# the build in a process that counts its forks (a file per fork, named by the child's pid)
+COUNTED = """
+import os, runpy, sys
+forks, real_fork = sys.argv.pop(1), os.fork
+def fork():
+    pid = real_fork()
+    if pid:
+        open(os.path.join(forks, str(pid)), "w").close()
+    return pid
+os.fork = fork
+sys.argv = ["envbuild", *sys.argv[1:]]
+runpy.run_module("envbuild", run_name="__main__")
+"""
+
+
+def build(recipe: Path, store: Path, forks: Path, *, sigchld_ignored: bool = False
+          ) -> tuple[dict[str, Any], int]:
+    """The build's JSON and how many processes it forked (SIGCHLD ignored: as a parent that
+    ignores it leaves it to its children, so that forking is not safe)."""
+    forks.mkdir(parents=True, exist_ok=True)
+    before = len(list(forks.iterdir()))
+    res = subprocess.run(
+        [sys.executable, "-c", COUNTED, str(forks), "build", str(recipe), "--store",
+         str(store), "--json"], capture_output=True, text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+        if sigchld_ignored else None)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.splitlines()[-1]), len(list(forks.iterdir())) - before
+
+
+def env_files(env: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(env)): p.read_bytes() for p in sorted(env.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+def tree_records(store: Path) -> dict[str, bytes]:
+    return {tree.name: (tree / "files").read_bytes() + (tree / "tree.json").read_bytes()
+            for tree in sorted((store / "trees").iterdir())}
+
+
+@pytest.mark.slow
+def test_children_install_the_trees_this_process_would(tmp_path: Path,
+                                                        index: LocalIndex) -> None:
+    recipe = write_recipe(tmp_path, index, deps=["alpha", "beta", "gamma", "pthpkg"])
+    assert cli("lock", recipe).exit_code == 0
+    forked, forks = build(recipe, tmp_path / "forked", tmp_path / "forks")
+    assert forks >= 1   # (one child per core, four at most: no more than the wheels)
+    here, forks = build(recipe, tmp_path / "here", tmp_path / "forks", sigchld_ignored=True)
+    assert forks == 0
+    assert forked["manifest_digest"] == here["manifest_digest"]
+    assert tree_records(tmp_path / "forked") == tree_records(tmp_path / "here")
+    assert env_files(Path(forked["path"])).keys() == env_files(Path(here["path"])).keys()
+    again, forks = build(recipe, tmp_path / "forked", tmp_path / "forks")
+    assert (again["cached"], forks) == (True, 0)
+
+
+def shared_wheel(dest: Path, name: str) -> Path:
+    """A wheel of `name` that also ships `shared.py`, with its own content."""
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode()
+    return make_wheel(dest, name, "1.0", {
+        f"{name}.py": (b"X = 1\n", 0o644),
+        "shared.py": (f"FROM = {name!r}\n".encode(), 0o644),
+        f"{name}-1.0.dist-info/METADATA": (meta, 0o644),
+        f"{name}-1.0.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: test\n"
+                                        b"Root-Is-Purelib: true\nTag: py3-none-any\n", 0o644)})
+
+
+@pytest.mark.slow
+def test_a_later_wheels_file_wins_whichever_tree_is_new(tmp_path: Path,
+                                                        index: LocalIndex) -> None:
+    """`aaa` and `zzz` both ship shared.py: the env has zzz's (the later install), built
+    with neither tree in the store, with only aaa's (zzz's installed meanwhile), with only
+    zzz's, and with both."""
+    wheels = tmp_path / "wheels"
+    for name in ("aaa", "zzz"):
+        shared_wheel(wheels, name)
+    recipes = {}
+    for deps in (["aaa"], ["zzz"], ["aaa", "zzz"]):
+        recipe = write_recipe(tmp_path / "-".join(deps), index, deps=deps,
+                              name="-".join(deps))
+        recipe.write_text(recipe.read_text().replace(
+            "[index]\n", f'[index]\nfind-links = ["{wheels}"]\n'))
+        assert cli("lock", recipe).exit_code == 0, recipe
+        recipes["-".join(deps)] = recipe
+    both = recipes["aaa-zzz"]
+    forks = tmp_path / "forks"
+    builds = []
+    for first in ((), ("aaa",), ("zzz",), ("aaa", "zzz")):
+        store = tmp_path / ("store-" + "-".join(first))
+        for name in first:
+            build(recipes[name], store, forks)
+        got, forked = build(both, store, forks)
+        # a child per core for what the store lacks, four at most
+        assert forked == min(os.cpu_count() or 1, 4, 2 - len(first)), first
+        builds.append(got)
+    for got in builds:
+        site = next(Path(got["path"]).glob("lib/python*/site-packages"))
+        assert (site / "shared.py").read_text() == "FROM = 'zzz'\n", got
+        assert got["manifest_digest"] == builds[0]["manifest_digest"]
+
+
+def test_a_childs_failure_is_the_builds(tmp_path: Path, index: LocalIndex) -> None:
+    """A wheel the installer cannot read, installed by a child and in this process: the
+    same message and exit status, nothing left in the store's temp dir."""
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "broken", "1.0", {   # a .data dir named otherwise than the wheel
+        "broken.py": (b"X = 1\n", 0o644),
+        "Broken-1.0.data/data/share/broken.txt": (b"data\n", 0o644),
+        "broken-1.0.dist-info/METADATA": (b"Metadata-Version: 2.1\nName: broken\n"
+                                          b"Version: 1.0\n", 0o644),
+        "broken-1.0.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: test\n"
+                                       b"Root-Is-Purelib: true\nTag: py3-none-any\n", 0o644)})
+    recipe = write_recipe(tmp_path, index, deps=["beta", "broken"], name="broken")
+    recipe.write_text(recipe.read_text().replace(
+        "[index]\n", f'[index]\nfind-links = ["{wheels}"]\n'))
+    assert cli("lock", recipe).exit_code == 0
+    errors = []
+    for ignored in (False, True):
+        store = tmp_path / f"store-{ignored}"
+        res = subprocess.run(
+            [sys.executable, "-m", "envbuild", "build", str(recipe), "--store", str(store)],
+            capture_output=True, text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+            if ignored else None)
+        assert res.returncode == 1, res.stderr
+        assert "broken-1.0-py3-none-any.whl: expected a wheel the installer can read" \
+            in res.stderr
+        errors.append([line for line in res.stderr.splitlines() if "expected a wheel" in line])
+        assert list((store / "tmp").iterdir()) == []
+        assert list((store / "envs").iterdir()) == []
+    assert errors[0] == [e.replace("store-True", "store-False") for e in errors[1]]
