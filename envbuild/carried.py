@@ -31,9 +31,9 @@ except BaseException as e:
 guard_main()' "$b" "$@"
 """
 # the launch path: stdlib only, carried into every env (a test holds this list whole)
-LAUNCH_MODULES = ("children.py", "elfread.py", "errors.py", "findwalk.py", "hashing.py",
-                  "hashpool.py", "host.py", "launch.py", "layout.py", "loader.py", "runlog.py",
-                  "sidecars.py", "verify.py", "verify_files.py")
+LAUNCH_MODULES = ("children.py", "elfread.py", "errors.py", "filessince.py", "findwalk.py",
+                  "hashing.py", "hashpool.py", "host.py", "launch.py", "layout.py", "loader.py",
+                  "runlog.py", "sidecars.py", "verify.py", "verify_files.py")
 
 HOOK_PTH = "000-envbuild-hook.pth"
 # `site` runs a venv's .pth files twice (Python 3.11 adds the venv's site-packages both in

@@ -40,31 +40,56 @@ class Listing:
     """`find` over env-relative paths, run in the env and writing into a pipe; `start`
     returns None where this host or process cannot (then nothing runs)."""
 
-    def __init__(self, pid: int, out: int) -> None:
+    def __init__(self, pid: int, out: int, since: int | None = None) -> None:
         self.pid: int | None = pid
         self.out: int | None = out
+        self.since = since    # a listing of what changed after this time (ns): `changed`
 
     @classmethod
     def start(cls, env: str, starts: list[str], trusted: set[int]) -> Listing | None:
         """`find` of `starts` (env-relative paths) and all below them."""
+        owners = [w for uid in sorted(trusted) for w in ("!", "-uid", str(uid))]
+        return cls._start(env, starts, [
+            "!", "-type", "l", "(", "-perm", "/022", "-o", *owners, ")",
+            "-printf", _MARK + "%p\\0", ",", "!", "-type", "d", "-printf", _LINE])
+
+    @classmethod
+    def start_since(cls, env: str, starts: list[str], since: int) -> Listing | None:
+        """`find` of what under `starts` changed inode after `since` (ns since the epoch,
+        as change times are kept), each as `KIND<TAB>PATH`."""
+        return cls._start(env, starts, ["-newerct", f"@{since // 10**9}.{since % 10**9:09d}",
+                                        "-printf", "%y\\t%p\\0"], since)
+
+    @classmethod
+    def _start(cls, env: str, starts: list[str], expression: list[str],
+               since: int | None = None) -> Listing | None:
         find = next((f for f in FINDS if os.access(f, os.X_OK)), None)
         if (find is None or sigchld_ignored()
                 or any(path[0] in _NOT_A_START for path in starts)):
             return None   # (with SIGCHLD ignored the kernel would reap the find unseen)
-        owners = [w for uid in sorted(trusted) for w in ("!", "-uid", str(uid))]
-        argv = [find, *starts,
-                "!", "-type", "l", "(", "-perm", "/022", "-o", *owners, ")",
-                "-printf", _MARK + "%p\\0", ",",
-                "!", "-type", "d", "-printf", _LINE]
         out, into = os.pipe()
         try:
             _widen(into)
-            return cls(_spawn(env, into, argv), out)
+            return cls(_spawn(env, into, [find, *starts, *expression]), out, since)
         except OSError:
             os.close(out)
             return None
         finally:
             os.close(into)
+
+    def changed(self) -> list[tuple[str, str]] | None:
+        """What `start_since` listed: each changed path's kind (find's `%y`) and path;
+        None where the find failed or listed a line this cannot read."""
+        read = self._read(set())
+        if read is None:
+            return None
+        out = []
+        for line in read[1]:
+            kind, tab, rel = line.partition("\t")
+            if not tab or "\t" in rel:
+                return None   # a name with a tab in it: the full check reads it
+            out.append((kind, rel))
+        return out
 
     def odd(self, lines: list[str], links: bool) -> Odd | None:
         """What differs from the sidecar `lines` (sorted, no header; `links`: some of

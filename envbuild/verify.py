@@ -141,11 +141,11 @@ def verify(env: str, level: str = "quick", expect: str | None = None,
         except (ValueError, UnicodeDecodeError) as exc:
             diffs.append(Difference("manifest", QUICK, QUICK_SCHEMA, f"unreadable ({exc})"))
     trusted = trusted_owners(env, trusted_uids)
-    listing = None
+    listing = record = None
     if level == "files":   # its find runs while the quick level checks
-        from .verify_files import start_listing
+        from .filessince import start_files
 
-        listing = start_listing(env, trusted)
+        listing, record = start_files(env, digest, trusted)
     try:
         if records:
             check_quick(env, records, trusted,
@@ -160,6 +160,8 @@ def verify(env: str, level: str = "quick", expect: str | None = None,
     finally:
         if listing is not None:
             listing.close()
+    if record is not None and not diffs:
+        record.clean()
     return Report(env, level, digest, diffs, records, warnings)
 
 

@@ -19,6 +19,12 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
                 diffs: list[Difference], listing: Listing | None = None) -> None:
     """The files level (`content` False) or the full level; `listing` the files level's
     find if `start_listing` started it (closed here)."""
+    if listing is not None and listing.since is not None:   # changed since a clean check
+        from .filessince import check_changed
+
+        if check_changed(env, listing, trusted, diffs):
+            return
+        listing = start_listing(env, trusted)
     data = read_sidecar(env, FILES, diffs)
     if data is None:
         return
@@ -94,16 +100,25 @@ _FANOUT = 64      # enough subtrees to share out evenly
 _MIN_LINES = 4096  # below this, a find or a fork costs more than it saves
 
 
-def start_listing(env: str, trusted: set[int]) -> Listing | None:
-    """The files level's find, started before anything else is read, where the files
-    sidecar is long enough for it to pay (judged by its size: some 150 bytes a line)."""
+def start_listing(env: str, trusted: set[int], since: int | None = None) -> Listing | None:
+    """The files level's find, started before anything else is read, where it pays
+    (`find_pays`); `since`: of what changed after that time (`filessince`)."""
+    names = find_pays(env)
+    if names is None:
+        return None
+    if since is not None:
+        return Listing.start_since(env, names, since)
+    return Listing.start(env, [n for n in names if n not in (MANIFEST, META)], trusted)
+
+
+def find_pays(env: str) -> list[str] | None:
+    """The env's top entries if its files sidecar is long enough for a find to pay."""
     try:
         if os.stat(os.path.join(env, FILES)).st_size < _MIN_LINES * 100:
             return None
-        top = sorted(name for name in os.listdir(env) if name not in (MANIFEST, META))
+        return sorted(os.listdir(env))
     except OSError:
         return None
-    return Listing.start(env, top, trusted)
 
 
 def _files_level(env: str, data: bytes, bound: Bound, trusted: set[int],
@@ -120,7 +135,7 @@ def _files_level(env: str, data: bytes, bound: Bound, trusted: set[int],
         return True
     if not bound():
         return True
-    lines = _lines(data.decode("utf-8"))
+    lines = sidecar_lines(data.decode("utf-8"))
     upper, units, unreadable = _frontier(env)
     shares: list[list[tuple[str, int, int]]] = [[], []]
     weights = [0, 0]
@@ -150,12 +165,12 @@ def _by_find(env: str, data: bytes, bound: Bound, listing: Listing, trusted: set
     if not bound():
         return True
     text = data.decode("utf-8")
-    lines = _lines(text)
+    lines = sidecar_lines(text)
     odd = listing.odd(lines, "\nl\t" in text)   # (the caller closes the listing)
-    return odd is not None and _compare_odd(env, lines, odd, trusted, diffs)
+    return odd is not None and compare_odd(env, lines, odd, trusted, diffs)
 
 
-def _lines(text: str) -> list[str]:
+def sidecar_lines(text: str) -> list[str]:
     """The files sidecar's lines, without its header."""
     lines = text.split("\n")
     del lines[0]
@@ -164,7 +179,7 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-def _compare_odd(env: str, lines: list[str], odd: Odd, trusted: set[int],
+def compare_odd(env: str, lines: list[str], odd: Odd, trusted: set[int],
                  diffs: list[Difference]) -> bool:
     """`_compare_tree` of the paths find did not match, each with its lstat now; False
     (nothing done) where one cannot be read."""
