@@ -40,10 +40,11 @@ class Listing:
     """`find` over env-relative paths, run in the env and writing into a pipe; `start`
     returns None where this host or process cannot (then nothing runs)."""
 
-    def __init__(self, pid: int, out: int, since: int | None = None) -> None:
+    def __init__(self, pid: int, out: int, since: int | None = None, env: str = "") -> None:
         self.pid: int | None = pid
         self.out: int | None = out
         self.since = since    # a listing of what changed after this time (ns): `changed`
+        self.env = env        # ... in the env at this path
 
     @classmethod
     def start(cls, env: str, starts: list[str], trusted: set[int]) -> Listing | None:
@@ -54,15 +55,17 @@ class Listing:
             "-printf", _MARK + "%p\\0", ",", "!", "-type", "d", "-printf", _LINE])
 
     @classmethod
-    def start_since(cls, env: str, starts: list[str], since: int) -> Listing | None:
+    def start_since(cls, root: int, starts: list[str], since: int, env: str
+                    ) -> Listing | None:
         """`find` of what under `starts` changed inode after `since` (ns since the epoch,
-        as change times are kept), each as `KIND<TAB>PATH`."""
-        return cls._start(env, starts, ["-newerct", f"@{since // 10**9}.{since % 10**9:09d}",
-                                        "-printf", "%y\\t%p\\0"], since)
+        as change times are kept), each as `KIND<TAB>PATH`, run in the env whose root dir
+        `root` holds open (at `env`)."""
+        return cls._start(root, starts, ["-newerct", f"@{since // 10**9}.{since % 10**9:09d}",
+                                         "-printf", "%y\\t%p\\0"], since, env)
 
     @classmethod
-    def _start(cls, env: str, starts: list[str], expression: list[str],
-               since: int | None = None) -> Listing | None:
+    def _start(cls, env: str | int, starts: list[str], expression: list[str],
+               since: int | None = None, path: str = "") -> Listing | None:
         find = next((f for f in FINDS if os.access(f, os.X_OK)), None)
         if (find is None or sigchld_ignored()
                 or any(path[0] in _NOT_A_START for path in starts)):
@@ -70,7 +73,7 @@ class Listing:
         out, into = os.pipe()
         try:
             _widen(into)
-            return cls(_spawn(env, into, [find, *starts, *expression]), out, since)
+            return cls(_spawn(env, into, [find, *starts, *expression]), out, since, path)
         except OSError:
             os.close(out)
             return None
@@ -194,15 +197,19 @@ def _widen(pipe: int) -> None:
             pass   # over the limit: a smaller pipe, the find waits a little
 
 
-def _spawn(env: str, out: int, argv: list[str]) -> int:
-    """`argv` run in `env`, its output into `out`, its errors nowhere. Forked, since
-    `posix_spawn` cannot change dir: the caller makes sure no other thread runs."""
+def _spawn(env: str | int, out: int, argv: list[str]) -> int:
+    """`argv` run in `env` (a path, or a dir held open), its output into `out`, its errors
+    nowhere. Forked, since `posix_spawn` cannot change dir: the caller makes sure no other
+    thread runs."""
     if forking_unsafe():
         raise OSError("other threads run: forking is not safe")
     pid = os.fork()
     if pid == 0:   # the child: nothing but system calls, then exec
         try:
-            os.chdir(env)
+            if isinstance(env, int):
+                os.fchdir(env)
+            else:
+                os.chdir(env)
             os.dup2(out, 1)
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 2)

@@ -100,14 +100,11 @@ _FANOUT = 64      # enough subtrees to share out evenly
 _MIN_LINES = 4096  # below this, a find or a fork costs more than it saves
 
 
-def start_listing(env: str, trusted: set[int], since: int | None = None) -> Listing | None:
-    """The files level's find, started before anything else is read, where it pays
-    (`find_pays`); `since`: of what changed after that time (`filessince`)."""
+def start_listing(env: str, trusted: set[int]) -> Listing | None:
+    """The files level's find, started before anything else is read, where it pays."""
     names = find_pays(env)
     if names is None:
         return None
-    if since is not None:
-        return Listing.start_since(env, names, since)
     return Listing.start(env, [n for n in names if n not in (MANIFEST, META)], trusted)
 
 

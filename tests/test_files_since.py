@@ -140,17 +140,50 @@ def test_each_input_of_the_records_key_is_a_fresh_answer(
     assert finds.check(env) == ([], ["all"])
 
 
-def test_a_clock_set_back_is_no_record_to_use(env: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_clock_set_since_is_no_record_to_use(env: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    finds = Finds(monkeypatch)
+    real = time.time_ns
+    for shift, expected in ((0, "all"), (-5, "all"), (0, "all"), (0, "since"), (5, "all")):
+        monkeypatch.setattr(time, "time_ns", lambda s=shift: real() + s * 10**9)
+        assert finds.check(env)[1] == [expected], shift
+
+
+def test_only_a_full_comparison_makes_a_record_and_it_ages(
+        env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write in flight when the record was made, or an edit of the disk while unmounted,
+    has no later change time: the record's age bounds how long it can go unseen."""
     finds = Finds(monkeypatch)
     assert finds.check(env)[1] == ["all"]
-    real = time.time_ns
-    monkeypatch.setattr(time, "time_ns", lambda: real() - 5 * 10**9)
-    assert finds.check(env)[1] == ["all"]
-    monkeypatch.setattr(time, "time_ns", real)   # (that check's record begins before the env)
-    assert finds.check(env)[1] == ["all"]
-    monkeypatch.setattr(time, "time_ns", lambda: real() + 5 * 10**9)   # set ahead: no matter
+    records = list(Path(os.environ["XDG_CACHE_HOME"]).glob("envbuild/hosts/*/files-since-*"))
+    made = {r: r.read_bytes() for r in records}
     assert finds.check(env)[1] == ["since"]
+    assert {r: r.read_bytes() for r in records} == made   # a check by the record: none made
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + filessince.MAX_AGE_NS)
+    monkeypatch.setattr(time, "clock_gettime_ns",
+                        lambda clock: time.clock_gettime(clock) * 1e9 + filessince.MAX_AGE_NS)
+    assert finds.check(env)[1] == ["all"]
+
+
+def test_an_env_named_through_a_symlink_is_judged_at_its_real_path(
+        env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record is of the real dir: a change at its top level shows, and a copy swapped
+    in behind the symlink is another dir."""
+    finds = Finds(monkeypatch)
+    link = tmp_path / "current"
+    link.symlink_to(env)
+    assert finds.check(link)[1] == ["all"]
+    assert finds.check(link) == ([], ["since"])
+    (env / "lib64").unlink()
+    found, started = finds.check(link)
+    assert started == ["all"]
+    assert any(": lib64: " in line for line in found), found
+    copy = tmp_path / "copy"
+    shutil.copytree(env, copy, symlinks=True, copy_function=os.link)
+    link.unlink()
+    link.symlink_to(copy)
+    assert finds.check(link)[1] == ["all"]
 
 
 def test_a_record_is_kept_only_where_change_times_are_the_kernels(
