@@ -18,7 +18,7 @@ from pathlib import Path
 from .build import Progress
 from .bytecode import compile_env, compile_launch
 from .carried import HOOK_PTH, TRAMPOLINE, hook_line, install_launcher
-from .fsutil import publish_dir, remove_tree
+from .fsutil import publish_dir, remove_tree, shares_by_size
 from .hashing import record_digest, sha256_bytes
 from .hostreq import scan
 from .interpreter import Interpreter
@@ -38,7 +38,7 @@ from .recipe import Recipe
 from .startup import startup_of
 from .store import Store
 from .treeinstall import Installing, install_trees
-from .trees import Tree, TreeDamaged, link_trees, load_trees, tree_places
+from .trees import Tree, TreeDamaged, installed, link_trees, load_trees, tree_places
 from .wheelcache import Artifact
 
 
@@ -50,7 +50,9 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     `link` None installed by pip (the reference installer)."""
     progress(f"creating a venv for Python {interp.version}")
     places = tree_places(store, artifacts, interp) if link is not None else []
-    there = [where if where.is_dir() else None for where in places]
+    has = installed(store, interp) if link is not None else None
+    there = [where if has and has(art.wheel_sha256) else None
+             for art, where in zip(artifacts, places)]
     absent = [(art, where) for art, where, seen in zip(artifacts, places, there) if not seen]
     if absent:   # installed by forked children while the other trees' files go in place
         progress(f"installing {len(absent)} of {len(artifacts)} wheels into the store "
@@ -139,19 +141,16 @@ def _install(tmp: Path, artifacts: list[Artifact], store_tmp: Path) -> None:
     With --no-deps the wheels are independent, so a few pips install shares of them at
     once (pip itself installs one wheel after another).
     """
-    shares: list[list[Artifact]] = [[] for _ in range(min(4, os.cpu_count() or 1))]
-    for art in sorted(artifacts, key=lambda a: a.wheel.stat().st_size, reverse=True):
-        min(shares, key=lambda s: sum(a.wheel.stat().st_size for a in s)).append(art)
+    shares = shares_by_size(artifacts, lambda a: a.wheel.stat().st_size,
+                            min(4, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="install-", dir=store_tmp) as work:
-        with ThreadPoolExecutor(len(shares)) as pool:
+        with ThreadPoolExecutor(max(1, len(shares))) as pool:
             # list() re-raises the first failure
             list(pool.map(lambda n: _install_share(tmp, Path(work) / str(n), shares[n]),
                           range(len(shares))))
 
 
 def _install_share(tmp: Path, work: Path, artifacts: list[Artifact]) -> None:
-    if not artifacts:
-        return
     links = work / "wheels"
     links.mkdir(parents=True)
     lines = []

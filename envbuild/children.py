@@ -44,10 +44,19 @@ class DefaultSigchld:
             self.saved = None
 
 
+# the store lock's refresher thread (`store.exclusive`): it only waits on an event and
+# touches the lock file, so a forked child can need nothing it holds
+LOCK_REFRESHER = "envbuild: lock refresher"
+
+
 def forking_unsafe() -> bool:
-    """Whether other threads run: forking then can copy a lock another thread holds."""
+    """Whether other threads run (but the lock refresher): forking then can copy a lock
+    another thread holds."""
     threading = sys.modules.get("threading")
-    return threading is not None and threading.active_count() > 1
+    if threading is None or threading.active_count() == 1:
+        return False
+    me = threading.current_thread()
+    return any(t is not me and t.name != LOCK_REFRESHER for t in threading.enumerate())
 
 
 def sigchld_ignored() -> bool:

@@ -85,7 +85,9 @@ class Record:
             names = sorted(os.listdir(self.fd))
         except OSError:
             return None
-        return Listing.start_since(self.fd, names, since, self.real)
+        listing = Listing.start_since(self.fd, names, since, self.real)
+        self.full = listing is None
+        return listing
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -130,7 +132,8 @@ def start_files(env: str, digest: str, trusted: set[int]
     everything (`start_listing`); and the record to keep if this check is a clean full
     comparison. (None, None) for an env too small for a find to pay: the walk in Python
     follows."""
-    if find_pays(env) is None:
+    names = find_pays(env)
+    if names is None:
         return None, None
     record = Record(env, digest, trusted)
     try:
@@ -138,8 +141,7 @@ def start_files(env: str, digest: str, trusted: set[int]
         listing = record.start_since(since) if since is not None else None
     finally:
         record.close()
-    record.full = listing is None
-    return listing or start_listing(env, trusted), record
+    return listing or start_listing(env, trusted, names), record
 
 
 def check_changed(env: str, listing: Listing, trusted: set[int],
@@ -157,7 +159,7 @@ def check_changed(env: str, listing: Listing, trusted: set[int],
     for kind, rel in changed:
         if kind == "d" or rel in (MANIFEST, META) or rel.startswith(META + "/"):
             return False
-    env = listing.env or env   # the real path whose root the find listed
+    env = listing.env   # the real path whose root the find listed
     scratch: list[Difference] = []
     data = read_sidecar(env, FILES, scratch)
     if data is None or b"\\" in data:

@@ -64,8 +64,9 @@ class Listing:
                                          "-printf", "%y\\t%p\\0"], since, env)
 
     @classmethod
-    def _start(cls, env: str | int, starts: list[str], expression: list[str],
-               since: int | None = None, path: str = "") -> Listing | None:
+    def _start(cls, where: str | int, starts: list[str], expression: list[str],
+               since: int | None = None, env: str = "") -> Listing | None:
+        """`find` of `starts` run in `where` (the env's path, or its root dir held open)."""
         find = next((f for f in FINDS if os.access(f, os.X_OK)), None)
         if (find is None or sigchld_ignored()
                 or any(path[0] in _NOT_A_START for path in starts)):
@@ -73,7 +74,7 @@ class Listing:
         out, into = os.pipe()
         try:
             _widen(into)
-            return cls(_spawn(env, into, [find, *starts, *expression]), out, since, path)
+            return cls(_spawn(where, into, [find, *starts, *expression]), out, since, env)
         except OSError:
             os.close(out)
             return None

@@ -9,7 +9,9 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
+
+T = TypeVar("T")
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
@@ -78,3 +80,17 @@ def atomic_write_from(directory: Path, fill: Callable[[BinaryIO], str],
             os.unlink(tmp)
         raise
     return final
+
+
+def shares_by_size(items: list[T], size: Callable[[T], int], count: int) -> list[list[T]]:
+    """`items` in up to `count` shares (none empty) of about equal total size, the biggest
+    items first: for workers that take one share each."""
+    sized = sorted(((size(item), item) for item in items), key=lambda pair: pair[0],
+                   reverse=True)
+    shares: list[list[T]] = [[] for _ in range(min(count, len(sized)))]
+    totals = [0] * len(shares)
+    for bytes_, item in sized:
+        lightest = totals.index(min(totals))
+        shares[lightest].append(item)
+        totals[lightest] += bytes_
+    return shares

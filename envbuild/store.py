@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import BUILD_FORMAT
+from .children import LOCK_REFRESHER
 from .errors import EnvbuildError, InputError
 from .fsutil import remove_tree
 from .layout import StoreLayout, store_root
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
 REFRESH_SECONDS = 10.0
-REFRESHER = "envbuild: lock refresher"   # the thread's name: forking beside it is safe
 TAKEOVER_STALE_SECONDS = 10.0   # moving a dead lock aside takes milliseconds
 
 
@@ -186,7 +186,7 @@ def exclusive(path: Path, poll: float = 0.1,
         tmp.unlink(missing_ok=True)
     stop = threading.Event()
     refresher = threading.Thread(target=_refresh, args=(path, stop), daemon=True,
-                                 name=REFRESHER)
+                                 name=LOCK_REFRESHER)
     refresher.start()
     try:
         yield

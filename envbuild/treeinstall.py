@@ -6,9 +6,8 @@ A build installs them in forked children (`Installing`) while it puts the other 
 files in place: the wheels are shared out by size among up to one child per core (four at
 most), each of which installs its share and compiles it; the build waits for them only
 when it needs their trees. A child reports a failure as the exception it raised. Where
-forking is not safe (other threads run than the store lock's refresher, which only waits
-and touches its lock file; or SIGCHLD is ignored), the wheels are installed in this
-process, before the build goes on."""
+forking is not safe (`forking_unsafe`, or SIGCHLD ignored), the wheels are installed in
+this process, before the build goes on."""
 
 from __future__ import annotations
 
@@ -22,14 +21,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .children import sigchld_ignored
+from .children import forking_unsafe, sigchld_ignored
 from .dlcache import checked_files
 from .errors import BuildError, CacheIntegrityError
-from .fsutil import publish_dir, remove_tree
+from .fsutil import publish_dir, remove_tree, shares_by_size
 from .hostreq import read_elf
 from .interpreter import Interpreter
 from .sidecars import FILES_SCHEMA, files_line, walk
-from .store import REFRESHER, Store
+from .store import Store
 from .trees import FILES, INFO, ROOT, TREE_FORMAT, Tree, identity, load_tree
 
 if TYPE_CHECKING:
@@ -53,13 +52,14 @@ class Installing:
         """The children started; or, where forking is not safe, every tree installed here
         already."""
         job = cls(store, missing, interp)
-        if _other_threads() or sigchld_ignored():
+        if forking_unsafe() or sigchld_ignored():
             job.done = install_trees(store, missing, interp)
             return job
         sys.stderr.flush()
         sys.stdout.flush()
         try:
-            for share in _shares(missing, min(MAX_CHILDREN, os.cpu_count() or 1)):
+            for share in shares_by_size(missing, lambda m: m[0].wheel.stat().st_size,
+                                        min(MAX_CHILDREN, os.cpu_count() or 1)):
                 job.children.append(_fork(store, share, interp))
         except BaseException:
             job.reap()
@@ -100,33 +100,11 @@ class Installing:
                 pass
 
 
-def _other_threads() -> bool:
-    import threading
-
-    return any(t is not threading.current_thread() and t.name != REFRESHER
-               for t in threading.enumerate())
-
-
-def _shares(missing: Missing, count: int) -> list[Missing]:
-    """`missing` in up to `count` shares of about equal bytes, the biggest wheels first."""
-    shares: list[Missing] = [[] for _ in range(min(count, len(missing)))]
-    sizes = [0] * len(shares)
-    for item in sorted(missing, key=lambda m: m[0].wheel.stat().st_size, reverse=True):
-        lightest = sizes.index(min(sizes))
-        shares[lightest].append(item)
-        sizes[lightest] += item[0].wheel.stat().st_size
-    return shares
-
-
 def _fork(store: Store, share: Missing, interp: Interpreter) -> tuple[int, int]:
     """A child that installs `share` and exits: 0, or 1 with its exception pickled into
     the pipe whose read end is returned with its pid."""
-    import warnings
-
     out, into = os.pipe()
-    with warnings.catch_warnings():   # (3.12 warns of the refresher thread: see above)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    pid = os.fork()
     if pid == 0:   # the child
         code = 1
         try:

@@ -100,9 +100,11 @@ _FANOUT = 64      # enough subtrees to share out evenly
 _MIN_LINES = 4096  # below this, a find or a fork costs more than it saves
 
 
-def start_listing(env: str, trusted: set[int]) -> Listing | None:
-    """The files level's find, started before anything else is read, where it pays."""
-    names = find_pays(env)
+def start_listing(env: str, trusted: set[int], names: list[str] | None = None
+                  ) -> Listing | None:
+    """The files level's find, started before anything else is read, where it pays
+    (`names`: the env's top entries if `find_pays` gave them already)."""
+    names = names if names is not None else find_pays(env)
     if names is None:
         return None
     return Listing.start(env, [n for n in names if n not in (MANIFEST, META)], trusted)
