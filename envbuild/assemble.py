@@ -194,7 +194,8 @@ def _venv(tmp: Path, interp: Interpreter, prompt: str, store: Store) -> Path:
     final = Path(store.layout.venv_dir(digest_hex(key)[:32]))
     if not final.is_dir():
         os.makedirs(store.layout.venvs, exist_ok=True)
-        made = Path(tempfile.mkdtemp(prefix=".tmp-", dir=store.layout.venvs))
+        # made in the store's scratch dir: what a kill -9 leaves there, gc removes
+        made = Path(tempfile.mkdtemp(prefix="venv-", dir=store.tmp))
         try:
             os.chmod(made, 0o755)    # as venv makes it: other users of the store copy it
             run_tool([interp.executable, "-I", "-m", "venv", "--without-pip", "--prompt",

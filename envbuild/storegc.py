@@ -2,12 +2,12 @@
 
 Goes: an env whose mark of use (`used/<name>-<key>`, touched by every build, reuse and
 launch) is older than the window; every dir a build or gc moved aside (`envs/.damaged-*`,
-`.replaced-*`, `.removed-*`); a build dir (`envs/.tmp-*`) or a scratch dir (`tmp/*`) older
-than a day whose builder is gone; an installed wheel (`trees/*`) no build used within the
-window, when no build runs (an env never needs its trees once built: a hardlinked file
-keeps its inode), and then the pycs kept by source that no installed wheel holds. Stays:
-an env used within the window, an env without a mark yet (its clock starts now), anything
-whose key a live build holds the lock of.
+`.replaced-*`, `.removed-*`); a build dir (`envs/.tmp-*`) or a scratch dir (`tmp/*`, and
+the `venvs/.tmp-*` of earlier builds) older than a day whose builder is gone; an installed
+wheel (`trees/*`) no build used within the window, when no build runs (an env never needs
+its trees once built: a hardlinked file keeps its inode), and then the pycs kept by source
+that no installed wheel holds. Stays: an env used within the window, an env without a mark
+yet (its clock starts now), anything whose key a live build holds the lock of.
 
 An env is first renamed aside under its build lock (a launch that starts after that finds
 no env rather than half of one), its mark read again (a launch that touched it meanwhile
@@ -88,8 +88,12 @@ def gc(store_dir: Path | None = None, keep_days: float = DEFAULT_KEEP_DAYS,
         elif kind == TMP and _age(path, now) > STALE_SECONDS:
             _remove(path, "left over by a build that is gone", result)
     if not any(_held_path(lock) for lock in _locks(store)):
-        for entry in sorted(os.listdir(store.tmp)) if os.path.isdir(store.tmp) else []:
-            path = Path(store.tmp) / entry
+        scratch = [Path(store.tmp) / e for e in sorted(os.listdir(store.tmp))
+                   ] if os.path.isdir(store.tmp) else []
+        if os.path.isdir(store.venvs):   # where earlier builds made their empty venvs
+            scratch += [Path(store.venvs) / e for e in sorted(os.listdir(store.venvs))
+                        if e.startswith(".tmp-")]
+        for path in scratch:
             if _age(path, now) > STALE_SECONDS:
                 _remove(path, "scratch left over by a build that is gone", result)
         for entry in sorted(os.listdir(store.trees)) if os.path.isdir(store.trees) else []:

@@ -22,6 +22,8 @@ import pytest
 from conftest import cli, copy_env, envbuild, write_recipe
 from pkgindex import LocalIndex, write_wheel
 
+from envbuild.storegc import gc
+
 MANIFEST = "envbuild-manifest.json"
 OTHER_PYTHON = "/usr/bin/python3.11"
 
@@ -644,6 +646,7 @@ MILESTONES: dict[str, Callable[[Path], bool]] = {
     "store-locked": lambda store: _glob_any(store, "locks/*.lock"),
     "wheel-cached": lambda store: _glob_any(store, "wheels/*/*"),
     "sdist-built": lambda store: _glob_any(store, "built/*/*.whl"),
+    "empty-venv": lambda store: _glob_any(store, "tmp/venv-*/bin"),
     "tmp-env": lambda store: _glob_any(store, "envs/.tmp-*"),
     "installed": lambda store: _glob_any(store, "envs/.tmp-*/lib/python*/site-packages/"
                                                 "alpha-*.dist-info/RECORD"),
@@ -658,6 +661,13 @@ def _assert_no_half_env(store: Path) -> None:
         if not name.startswith(".tmp-"):
             assert (store / "envs" / name / MANIFEST).is_file(), \
                 f"{name}: an env dir without a manifest"
+    try:
+        venvs = os.listdir(store / "venvs")
+    except FileNotFoundError:
+        venvs = []
+    for name in venvs:   # empty venvs by key, each with its start probe: nothing half made
+        assert re.fullmatch(r"[0-9a-f]{32}(\.startup-[0-9a-f]+\.json)?", name), \
+            f"venvs/{name}: not an empty venv the store publishes"
 
 
 def _group_alive(pgid: int) -> list[int]:
@@ -676,8 +686,8 @@ def _group_alive(pgid: int) -> list[int]:
 
 @pytest.mark.parametrize("milestone,scope", [
     ("started", "process"), ("store-locked", "process"), ("wheel-cached", "process"),
-    ("sdist-built", "group"), ("tmp-env", "process"), ("installed", "group"),
-    ("compiled", "process"), ("sealing", "group"),
+    ("sdist-built", "group"), ("empty-venv", "process"), ("tmp-env", "process"),
+    ("installed", "group"), ("compiled", "process"), ("sealing", "group"),
 ])
 @pytest.mark.slow
 def test_kill_9_leaves_no_half_env(locked: Path, tmp_path: Path, milestone: str,
@@ -714,6 +724,10 @@ def test_kill_9_leaves_no_half_env(locked: Path, tmp_path: Path, milestone: str,
     assert info["cached"] is False
     verify_full(info["path"])
     assert env_dirs(store) == [Path(info["path"]).name]
+    _assert_no_half_env(store)
+    # what the killed build left in the store's scratch dir goes at gc, once it is old
+    gc(store, now=time.time() + 2 * 86400)
+    assert os.listdir(store / "tmp") == []
 
 
 # ---- ambient pip configuration --------------------------------------------------------

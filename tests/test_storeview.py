@@ -224,10 +224,18 @@ def test_gc_keeps_what_a_run_used_and_removes_the_rest(two: TwoEnvs, tmp_path: P
     shutil.copytree(copy.other, aside, symlinks=True)
     fresh_tmp = copy.store / "envs" / f".tmp-{copy.other.name}-fresh123"
     fresh_tmp.mkdir()
+    # an empty venv an earlier build was killed while making (in venvs/, where builds
+    # made them before they made them in tmp/), and one a build makes now
+    (copy.store / "venvs").mkdir(exist_ok=True)
+    old_venv, new_venv = (copy.store / "venvs" / ".tmp-old", copy.store / "venvs" / ".tmp-new")
+    for made in (old_venv / "bin", new_venv / "bin"):
+        made.mkdir(parents=True)
+    os.utime(old_venv, (OLD, OLD))
     res = envbuild("gc", "--store", copy.store)
     assert res.returncode == 0, res.stderr
     removed = {line.split()[1] for line in res.stdout.splitlines()[:-1]}
-    assert removed - kept_pycs(copy.store) == {str(copy.other), str(aside)}
+    assert removed - kept_pycs(copy.store) == {str(copy.other), str(aside), str(old_venv)}
+    assert new_venv.is_dir()
     assert res.stdout.splitlines()[-1].startswith("freed ")
     assert sorted(os.listdir(copy.store / "envs")) == sorted([copy.demo.name, fresh_tmp.name])
     assert os.listdir(copy.store / "used") == [copy.demo.name]
