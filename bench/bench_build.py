@@ -1,6 +1,7 @@
 """Build speed of envbuild's installer against uv: warm builds with `--link copy`, `reflink`
 and `hardlink` and with `--installer pip`, against `uv venv` + `uv pip sync` of the same lock;
-a rebuild after upgrading one package; the store's size after ten one-package changes.
+a rebuild after upgrading one package; the store's size after ten one-package changes; and
+for the report, uv into the same venv path every run (where its interpreter cache hits).
 
     python bench/bench_build.py [--runs N] [--recipe NAME ...] [--work DIR] [--store DIR]
                                 [--upgrade-package P] [--size-package P] [--skip-size]
@@ -74,6 +75,10 @@ E_UPGRADE = "envbuild build NEW --link hardlink (old lock's trees)"
 U_COPY = "uv venv + uv pip sync --link-mode copy --compile-bytecode"
 U_HARD = "uv venv + uv pip sync --link-mode hardlink"
 U_UPGRADE = "uv venv + uv pip sync --link-mode hardlink NEW"
+# uv keeps what it learns of an interpreter by the path it was given: into a new venv path
+# (as every row above builds, and as envbuild builds each env at a new path) `uv pip sync`
+# asks the new venv's Python first; into the same path every run it does not
+U_HARD_SAME = "uv venv + uv pip sync --link-mode hardlink, one venv path every run"
 
 
 def flags(*words: str) -> list[str]:
@@ -156,11 +161,11 @@ def envbuild_task(name: str, recipe: Path, source: Path, options: list[str], lin
 
 
 def uv_task(name: str, lock: Path, python: str, mode: str, places: Places,
-            links: Links) -> Task:
+            links: Links, same_path: bool = False) -> Task:
     made: list[Path] = []
 
     def commands() -> list[list[str]]:
-        venv = links.scratch.new("uv-venv")
+        venv = links.scratch.fixed("uv-same-venv") if same_path else links.scratch.new("uv-venv")
         made[:] = [venv]
         uv = ["--no-config", "--offline", "--cache-dir", str(places.uv_cache)]
         compile_ = ["--compile-bytecode"] if mode == "copy" else []
@@ -186,6 +191,8 @@ def tasks(s: Subject, places: Places, links: Links, reflink: bool) -> list[Task]
         uv_task(U_COPY, recipe.with_suffix(".lock"), py, "copy", places, links),
         uv_task(U_HARD, recipe.with_suffix(".lock"), py, "hardlink", places, links),
         uv_task(U_UPGRADE, s.new.with_suffix(".lock"), py, "hardlink", places, links),
+        uv_task(U_HARD_SAME, recipe.with_suffix(".lock"), py, "hardlink", places, links,
+                same_path=True),
     ]
 
 
@@ -206,7 +213,9 @@ def rows(name: str, upgrade: str, s: dict[str, list[float]]) -> list[Row]:
             row("warm build `--link hardlink`", E_HARD, U_HARD, "≤ 2×", 2.0),
             row("warm build `--installer pip` (reference)", E_PIP, U_HARD, "— (report)", None),
             row(f"rebuild after upgrading {upgrade} (`--link hardlink`)", E_UPGRADE,
-                U_UPGRADE, "≤ 2×", 2.0)]
+                U_UPGRADE, "≤ 2×", 2.0),
+            row("warm build `--link hardlink`, against uv into one venv path", E_HARD,
+                U_HARD_SAME, "— (report)", None)]
 
 
 def row_json(r: Row) -> dict[str, Any]:

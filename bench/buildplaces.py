@@ -71,6 +71,12 @@ class Scratch:
         self.made.append(path)
         return path
 
+    def fixed(self, kind: str) -> Path:
+        """The same path at every call (removed after each run, as `new`'s are)."""
+        path = self.root / kind
+        self.made.append(path)
+        return path
+
     def clear(self) -> None:
         while self.made:
             force_rmtree(self.made.pop())
