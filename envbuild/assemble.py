@@ -4,7 +4,6 @@ reuse an env imports this."""
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import re
@@ -262,6 +261,8 @@ def _update_records(site: Path, root: Path, rewritten: dict[str, bytes]) -> None
     """Keep RECORD's hashes true for the scripts rewritten above."""
     if not rewritten:
         return
+    import csv
+
     for record in site.glob("*.dist-info/RECORD"):
         rows = list(csv.reader(io.StringIO(record.read_text())))
         changed = False

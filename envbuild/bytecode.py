@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
-import zipfile
 from pathlib import Path
 
 from .errors import ToolError
@@ -57,6 +55,8 @@ class Compiler:
     what the caller does before it knows the files; killed on leaving if still running."""
 
     def __init__(self, python: str) -> None:
+        import subprocess  # here: a build that compiles nothing does not import it
+
         self.argv = [python, "-S", "-c", _COMPILE]
         self.child = subprocess.Popen(
             self.argv, env=hermetic_env({"PYTHONHASHSEED": "0"}), stdin=subprocess.PIPE,
@@ -107,6 +107,8 @@ def compile_early(compiler: Compiler, wheels: list[Path], site: str, cache_tag: 
     """The wheels' modules whose pyc is not kept yet (`by_source`), read from the wheels,
     written under `scratch` at their place in a tree and handed to `compiler` at once, to
     compile while the wheels are installed: what to keep (`keep`) once it is done."""
+    import zipfile
+
     jobs: list[tuple[str, str, str]] = []
     fresh: list[tuple[Path, str]] = []
     for wheel in wheels:
@@ -231,6 +233,8 @@ def compile_launch(root: Path, launch_code: Path, interp: Interpreter, store: St
 
 def wheel_sources(wheel: Path) -> list[str]:
     """The .py files a wheel installs into site-packages, relative to it."""
+    import zipfile
+
     with zipfile.ZipFile(wheel) as zf:
         return [site_rel for _name, site_rel in _wheel_modules(zf.namelist())]
 

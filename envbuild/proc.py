@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -44,6 +43,8 @@ def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
              on_line: Callable[[str], None] | None = None) -> str:
     """Run a tool to completion and return its combined output; raise ToolError on failure.
     `on_line` sees each line of output as it comes (for progress)."""
+    import subprocess  # here: a build that starts no tool does not import it
+
     args = [str(a) for a in argv]
     log.debug("running %s", " ".join(args))
     environ = dict(env) if env is not None else hermetic_env()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import stat
 import sys
 import tempfile
@@ -106,6 +105,8 @@ def _fork(store: Store, share: Missing, interp: Interpreter) -> tuple[int, int]:
     out, into = os.pipe()
     pid = os.fork()
     if pid == 0:   # the child
+        import pickle  # here: the build imports it only to read a failure
+
         code = 1
         try:
             os.close(out)
@@ -143,6 +144,8 @@ def _read_all(fd: int) -> bytes:
 def _failure(report: bytes, status: int) -> BaseException:
     """What a child that ended with `status` raised, as it raised it where it can be read
     back."""
+    import pickle
+
     try:
         exc = pickle.loads(report)
         if isinstance(exc, BaseException):
