@@ -244,15 +244,18 @@ def link_trees(trees: Iterable[Tree], root: Path, how: str,
     """Every tree's files put under `root` (a later tree's file replaces an earlier one's,
     as a later install does). `placed`: what an earlier call put there from some of these
     trees (those the store had while the others were installed), now completed."""
-    chosen: dict[str, Tree] = {}
-    for tree in trees:
-        for rel in tree.files:
-            chosen[rel] = tree
+    trees = list(trees)
     base = str(root) + "/"
-    items = list(chosen.items())
-    todo = items
-    if placed is not None:
-        todo = [(rel, tree) for rel, tree in items if placed.source.get(rel) != tree.path]
+    if placed is None:
+        chosen: dict[str, Tree] = {}
+        for tree in trees:
+            for rel in tree.files:
+                chosen[rel] = tree
+        todo = list(chosen.items())
+    else:
+        chosen = _chosen_anew(trees, placed)
+        todo = [(rel, tree) for rel, tree in chosen.items()
+                if placed.source.get(rel) != tree.path]
         for rel, _tree in todo:
             if rel in placed.source:   # a later tree's file: it replaces the one put there
                 os.unlink(base + rel)
@@ -267,10 +270,30 @@ def link_trees(trees: Iterable[Tree], root: Path, how: str,
                    for bad in part]
     if damaged:
         raise TreeDamaged({chosen[rel].path: rel for rel in reversed(damaged)})
-    return Linked({rel: tree.files[rel] for rel, tree in items},
-                  {rel: tree.elf.get(rel) for rel, tree in items},
-                  {rel: tree.path for rel, tree in items},
-                  [*placed.dirs, *made] if placed is not None else made)
+    if placed is None:
+        return Linked({rel: tree.files[rel] for rel, tree in todo},
+                      {rel: tree.elf.get(rel) for rel, tree in todo},
+                      {rel: tree.path for rel, tree in todo}, made)
+    known, elf, source = dict(placed.known), dict(placed.elf), dict(placed.source)
+    for rel, tree in todo:
+        known[rel], elf[rel], source[rel] = tree.files[rel], tree.elf.get(rel), tree.path
+    return Linked(known, elf, source, [*placed.dirs, *made])
+
+
+def _chosen_anew(trees: list[Tree], placed: Linked) -> dict[str, Tree]:
+    """For each file of the trees `placed` did not have, the tree whose file goes in
+    place: the last that has it. Every other file's is as `placed` chose (a jupyter-stack
+    rebuild reads a few dozen names here instead of 23,000)."""
+    had = set(placed.source.values())
+    fresh: set[str] = set()
+    for tree in trees:
+        if tree.path not in had:
+            fresh.update(tree.files)
+    chosen: dict[str, Tree] = {}
+    for tree in trees:
+        for rel in fresh.intersection(tree.files):
+            chosen[rel] = tree
+    return chosen
 
 
 def _chunks(seq: list[T]) -> list[list[T]]:
