@@ -1,0 +1,80 @@
+"""The compile step (`bytecode.compile_files`), in every CPython here, against what
+`compileall.compile_file(PATH, stripdir=DIR)` writes with the same fixed hash seed: the
+same pyc bytes, checked-hash or unchecked, alone and in a pool; a file that does not
+compile fails the step with its name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_interpreter import pyenv_python
+
+from envbuild.bytecode import compile_files
+from envbuild.errors import ToolError
+
+PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13", "/usr/bin/python3.11"]
+
+# the set literals become frozenset constants: their bytes follow the hash seed
+SOURCES = {
+    "pkg/__init__.py": "from .mod import f\n",
+    "pkg/mod.py": "def f(x):\n    return x in {'a', 'b', 'c', 'd'} or x in {b'x', b'y'}\n",
+    "pkg/sub/deep.py": "'''doc'''\nimport sys\nVALUE = sys.version_info\n",
+    "top.py": "class C:\n    def m(self):\n        return [i for i in range(3)]\n",
+}
+
+
+def python(version: str) -> str:
+    return version if version.startswith("/") else str(pyenv_python(version))
+
+
+def tree(root: Path, copies: int = 1) -> list[Path]:
+    """SOURCES under `root/lib/site` (each `copies` times, in dirs of their own)."""
+    out = []
+    for n in range(copies):
+        for rel, text in SOURCES.items():
+            path = root / "lib" / "site" / f"c{n}" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            out.append(path)
+    return out
+
+
+def pycs(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*.pyc")}
+
+
+def by_compileall(exe: str, root: Path, files: list[Path], mode: str) -> None:
+    code = ("import compileall, py_compile, sys\n"
+            f"mode = py_compile.PycInvalidationMode.{mode}\n"
+            "for path in sys.argv[1:]:\n"
+            f"    assert compileall.compile_file(path, quiet=2, stripdir={str(root)!r},\n"
+            "                                   invalidation_mode=mode)\n")
+    subprocess.run([exe, "-S", "-c", code, *map(str, files)], check=True,
+                   env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+@pytest.mark.parametrize("version", PYTHONS)
+@pytest.mark.parametrize("mode,letter", [("CHECKED_HASH", "C"), ("UNCHECKED_HASH", "U")])
+def test_the_same_bytes_as_compileall(tmp_path: Path, version: str, mode: str,
+                                      letter: str) -> None:
+    exe = python(version)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    copies = 5 if mode == "CHECKED_HASH" else 1   # 20 files: the pool's path too
+    files = tree(ours, copies)
+    by_compileall(exe, theirs, tree(theirs, copies), mode)
+    compile_files(exe, [(letter, str(ours), str(p)) for p in files])
+    got, expected = pycs(ours), pycs(theirs)
+    assert len(got) == len(files)
+    assert got == expected
+
+
+def test_a_file_that_does_not_compile_fails_with_its_name(tmp_path: Path) -> None:
+    files = tree(tmp_path)
+    bad = tmp_path / "lib" / "site" / "broken.py"
+    bad.write_text("def f(:\n")
+    with pytest.raises(ToolError) as caught:
+        compile_files(python("3.11"), [("C", str(tmp_path), str(p)) for p in [*files, bad]])
+    assert "broken.py" in caught.value.output
