@@ -48,10 +48,11 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
     files linked from the store's trees by `link` (hardlink, reflink or copy), or with
     `link` None installed by pip (the reference installer)."""
     progress(f"creating a venv for Python {interp.version}")
-    places = tree_places(store, artifacts, interp) if link is not None else []
-    has = installed(store, interp) if link is not None else None
-    there = [where if has and has(art.wheel_sha256) else None
-             for art, where in zip(artifacts, places)]
+    places, there = [], []   # each artifact's tree's place, and that place if it is there
+    if link is not None:
+        places, has = tree_places(store, artifacts, interp), installed(store, interp)
+        there = [where if has(art.wheel_sha256) else None
+                 for art, where in zip(artifacts, places)]
     absent = [(art, where) for art, where, seen in zip(artifacts, places, there) if not seen]
     if absent:   # installed by forked children while the other trees' files go in place
         progress(f"installing {len(absent)} of {len(artifacts)} wheels into the store "

@@ -132,8 +132,7 @@ def start_files(env: str, digest: str, trusted: set[int]
     everything (`start_listing`); and the record to keep if this check is a clean full
     comparison. (None, None) for an env too small for a find to pay: the walk in Python
     follows."""
-    names = find_pays(env)
-    if names is None:
+    if not find_pays(env):
         return None, None
     record = Record(env, digest, trusted)
     try:
@@ -141,11 +140,10 @@ def start_files(env: str, digest: str, trusted: set[int]
         listing = record.start_since(since) if since is not None else None
     finally:
         record.close()
-    return listing or start_listing(env, trusted, names), record
+    return listing or start_listing(env, trusted, pays=True), record
 
 
-def check_changed(env: str, listing: Listing, trusted: set[int],
-                  diffs: list[Difference]) -> bool:
+def check_changed(listing: Listing, trusted: set[int], diffs: list[Difference]) -> bool:
     """The files level from what changed since the last clean check (`listing`, closed
     here); False (nothing done, nothing reported) where it cannot tell."""
     try:

@@ -22,9 +22,9 @@ def check_files(env: str, manifest: bytes, content: bool, trusted: set[int],
     if listing is not None and listing.since is not None:   # changed since a clean check
         from .filessince import check_changed
 
-        if check_changed(env, listing, trusted, diffs):
+        if check_changed(listing, trusted, diffs):
             return
-        listing = start_listing(env, trusted)
+        listing = start_listing(env, trusted, pays=True)
     data = read_sidecar(env, FILES, diffs)
     if data is None:
         return
@@ -100,24 +100,24 @@ _FANOUT = 64      # enough subtrees to share out evenly
 _MIN_LINES = 4096  # below this, a find or a fork costs more than it saves
 
 
-def start_listing(env: str, trusted: set[int], names: list[str] | None = None
-                  ) -> Listing | None:
-    """The files level's find, started before anything else is read, where it pays
-    (`names`: the env's top entries if `find_pays` gave them already)."""
-    names = names if names is not None else find_pays(env)
-    if names is None:
+def start_listing(env: str, trusted: set[int], pays: bool | None = None) -> Listing | None:
+    """The files level's find of the env's top entries and all below, started before
+    anything else is read, where it pays (`pays`: what `find_pays` said, if asked already)."""
+    if not (find_pays(env) if pays is None else pays):
+        return None
+    try:
+        names = sorted(os.listdir(env))
+    except OSError:
         return None
     return Listing.start(env, [n for n in names if n not in (MANIFEST, META)], trusted)
 
 
-def find_pays(env: str) -> list[str] | None:
-    """The env's top entries if its files sidecar is long enough for a find to pay."""
+def find_pays(env: str) -> bool:
+    """Whether the env's files sidecar is long enough for a find to pay."""
     try:
-        if os.stat(os.path.join(env, FILES)).st_size < _MIN_LINES * 100:
-            return None
-        return sorted(os.listdir(env))
+        return os.stat(os.path.join(env, FILES)).st_size >= _MIN_LINES * 100
     except OSError:
-        return None
+        return False
 
 
 def _files_level(env: str, data: bytes, bound: Bound, trusted: set[int],
