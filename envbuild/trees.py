@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from .errors import BuildError, InputError
 from .fsutil import remove_tree
@@ -37,12 +37,14 @@ if TYPE_CHECKING:
     from .wheelcache import Artifact
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 Progress = Callable[[str], None]
 
 TREE_FORMAT = "1"
 ROOT, FILES, INFO = "root", "files", "tree.json"
 LINK_MODES = ("hardlink", "reflink", "copy")
+# a dir this many names deep (lib/pythonX.Y/site-packages/PACKAGE/SUBPACKAGE) and all under
+# it are put in place by one thread, beside the others
+UNIT_DEPTH = 5
 FICLONE = 0x40049409        # linux/fs.h: _IOW(0x94, 9, int)
 # what a file system without reflinks answers FICLONE with
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
@@ -257,15 +259,17 @@ def link_trees(trees: Iterable[Tree], root: Path, how: str,
         for rel, _tree in todo:
             if rel in placed.source:   # a later tree's file: it replaces the one put there
                 os.unlink(base + rel)
-    parents = {rel.rpartition("/")[0] for rel, _tree in todo}
-    made = _mkdirs(sorted({"/".join(p.split("/")[:n]) for p in parents if p
-                          for n in range(1, p.count("/") + 2)}), base)
+    shallow, units = _units(todo)
+    made = _mkdirs(shallow, base)
     from concurrent.futures import ThreadPoolExecutor
 
-    # in threads: the syscalls free the GIL (a copy's most of all)
+    # in threads, each unit's dirs made and files put in place by one: the syscalls free the
+    # GIL (a copy's most of all), and a file system makes dirs side by side with other work
+    # much faster than one after another
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        damaged = [bad for part in pool.map(lambda part: _put(part, base, how), _chunks(todo))
-                   for bad in part]
+        done = list(pool.map(lambda batch: _place(batch, base, how), _batches(units)))
+    made += [rel for batch_made, _damaged in done for rel in batch_made]
+    damaged = sorted(rel for _made, batch_damaged in done for rel in batch_damaged)
     if damaged:
         raise TreeDamaged({chosen[rel].path: rel for rel in reversed(damaged)})
     if placed is None:
@@ -288,9 +292,60 @@ def _chosen(trees: list[Tree], only: set[str] | None = None) -> dict[str, Tree]:
     return chosen
 
 
-def _chunks(seq: list[T]) -> list[list[T]]:
-    step = max(64, len(seq) // 16)
-    return [seq[i:i + step] for i in range(0, len(seq), step)]
+Unit = tuple[list[str], list[tuple[str, Tree]]]   # dirs (parents first), and files
+
+
+def _units(todo: list[tuple[str, Tree]]) -> tuple[list[str], list[Unit]]:
+    """The dirs `todo`'s files need that are less than `UNIT_DEPTH` deep (to be made first,
+    parents first), and the files shared out in units: one dir that deep with every dir and
+    file under it (a package's subpackage, in site-packages), or a share of the files of
+    the shallower dirs."""
+    by_parent: dict[str, list[tuple[str, Tree]]] = {}
+    for item in todo:
+        by_parent.setdefault(item[0].rpartition("/")[0], []).append(item)
+    shallow: set[str] = set()
+    deep: dict[str, tuple[set[str], list[tuple[str, Tree]]]] = {}
+    loose: list[tuple[str, Tree]] = []
+    for parent, items in by_parent.items():
+        parts = parent.split("/") if parent else []
+        shallow.update("/".join(parts[:n]) for n in range(1, min(len(parts), UNIT_DEPTH - 1) + 1))
+        if len(parts) < UNIT_DEPTH:
+            loose += items
+            continue
+        dirs, files = deep.setdefault("/".join(parts[:UNIT_DEPTH]), (set(), []))
+        dirs.update("/".join(parts[:n]) for n in range(UNIT_DEPTH, len(parts) + 1))
+        files += items
+    units: list[Unit] = [(sorted(dirs), files) for dirs, files in deep.values()]
+    step = max(64, len(loose) // 16)
+    units += [([], loose[i:i + step]) for i in range(0, len(loose), step)]
+    return sorted(shallow), units
+
+
+def _batches(units: list[Unit]) -> list[list[Unit]]:
+    """The units, largest first, in batches of at least a sixteenth of the work (and 64
+    entries): few enough to cost the pool little, the small last for an even finish."""
+    units = sorted(units, key=lambda u: len(u[0]) + len(u[1]), reverse=True)
+    step = max(64, sum(len(u[0]) + len(u[1]) for u in units) // 16)
+    batches: list[list[Unit]] = []
+    size = step
+    for unit in units:
+        if size >= step:
+            batches.append([])
+            size = 0
+        batches[-1].append(unit)
+        size += len(unit[0]) + len(unit[1])
+    return batches
+
+
+def _place(batch: list[Unit], base: str, how: str) -> tuple[list[str], list[str]]:
+    """Each unit's dirs made and files put in place: the dirs made, and the files found
+    differing from their records."""
+    made: list[str] = []
+    damaged: list[str] = []
+    for dirs, files in batch:
+        made += _mkdirs(dirs, base)
+        damaged += _put(files, base, how)
+    return made, damaged
 
 
 def _mkdirs(rels: list[str], base: str) -> list[str]:

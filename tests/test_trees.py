@@ -463,3 +463,45 @@ def test_wheel_tags_are_computed_only_for_a_wheel_of_one_platform_not_installed(
     (store / "trees-aside").rename(store / "trees-aside-2")
     (store / "trees").rename(store / "trees-aside")
     assert build(recipe) == (pure, "False")   # beta's pure wheel installed again: no tags
+
+
+def test_files_are_shared_out_by_subtree_each_dir_made_once_parents_first(
+        tmp_path: Path) -> None:
+    """`link_trees` puts units in place side by side: every file is in one unit, every dir
+    it needs is made once (the shallow ones first), a unit's dirs are one subtree's, each
+    after its parent; and the env is the trees' files, whatever the share-out."""
+    from envbuild.trees import UNIT_DEPTH, Tree, _batches, _units, link_trees
+
+    site = "lib/python3.11/site-packages"
+    rels = ["bin/tool", "top.pth", f"{site}/mod.py", f"{site}/pkg/__init__.py",
+            f"{site}/pkg-1.0.dist-info/RECORD", *(f"{site}/pkg/sub{i}/m{j}.py"
+                                                  for i in range(40) for j in range(5)),
+            f"{site}/pkg/sub0/deeper/still/x.py", "share/a/b/c/d/e/f.txt"]
+    src = tmp_path / "tree"
+    files = {}
+    for rel in rels:
+        (src / "root" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / "root" / rel).write_bytes(rel.encode())
+        (src / "root" / rel).chmod(0o444)
+        files[rel] = (0o444, len(rel.encode()), hashlib.sha256(rel.encode()).hexdigest())
+    tree = Tree(src, files, {})
+    shallow, units = _units([(rel, tree) for rel in rels])
+    assert sorted(rel for _dirs, unit in units for rel, _tree in unit) == sorted(rels)
+    needed = {"/".join(rel.split("/")[:n]) for rel in rels for n in range(1, rel.count("/") + 1)}
+    unit_dirs = [d for dirs, _files in units for d in dirs]
+    assert sorted(shallow + unit_dirs) == sorted(needed)   # each once
+    assert all(d.count("/") + 1 < UNIT_DEPTH for d in shallow) and shallow == sorted(shallow)
+    for dirs, unit in units:
+        if dirs:
+            top = dirs[0]
+            assert top.count("/") + 1 == UNIT_DEPTH and dirs == sorted(dirs)
+            assert all(d == top or d.startswith(top + "/") for d in dirs)
+            assert all(rel.startswith(top + "/") for rel, _tree in unit)
+    batches = _batches(units)
+    assert sorted(id(u) for batch in batches for u in batch) == sorted(id(u) for u in units)
+    assert len(batches) > 1
+    env = tmp_path / "env"
+    env.mkdir()
+    linked = link_trees([tree], env, "copy")
+    assert sorted(linked.dirs) == sorted(needed)
+    assert all((env / rel).read_bytes() == rel.encode() for rel in rels)
