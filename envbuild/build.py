@@ -9,9 +9,8 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .carried import launcher_digest
 from .dlcache import DownloadCache
@@ -33,8 +32,7 @@ INSTALLERS = ("trees", "pip")
 Check = Callable[[Path], list[str]]
 
 
-@dataclass(frozen=True)
-class BuildResult:
+class BuildResult(NamedTuple):
     path: Path
     env_key: str
     manifest_digest: str

@@ -10,7 +10,8 @@ made from that env and, if not, what was different.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from .diffinputs import Side, load_side
 from .manifest import Manifest
@@ -88,7 +89,7 @@ def compare(a: Side, b: Side) -> list[Difference]:
 
 def compare_manifests(a: Manifest, b: Manifest) -> list[Difference]:
     diffs = _distributions(a, b)
-    ia, ib = asdict(a.interpreter), asdict(b.interpreter)
+    ia, ib = a.interpreter._asdict(), b.interpreter._asdict()
     for key in sorted(ia):
         if ia[key] != ib[key]:
             diffs.append(Difference("interpreter", key, _show(ia[key]), _show(ib[key])))
@@ -99,7 +100,7 @@ def compare_manifests(a: Manifest, b: Manifest) -> list[Difference]:
                       dict.fromkeys(eb.require, "required"))
     diffs += _mapping("environment", "unset ", dict.fromkeys(ea.unset, "removed"),
                       dict.fromkeys(eb.unset, "removed"))
-    la, lb = asdict(a.launch), asdict(b.launch)
+    la, lb = a.launch._asdict(), b.launch._asdict()
     diffs += [Difference("manifest", f"launch.{k}", _show(la[k]), _show(lb[k]))
               for k in sorted(la) if la[k] != lb[k]]
     for key in ("name", "schema"):
@@ -141,7 +142,8 @@ def _host(a: Manifest, b: Manifest) -> list[Difference]:
     return diffs
 
 
-def _mapping(kind: str, prefix: str, a: dict[str, str], b: dict[str, str]) -> list[Difference]:
+def _mapping(kind: str, prefix: str, a: Mapping[str, str], b: Mapping[str, str]
+             ) -> list[Difference]:
     return [Difference(kind, prefix + key, a.get(key, ABSENT), b.get(key, ABSENT))
             for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
 

@@ -11,8 +11,9 @@ import posixpath
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import NamedTuple
 
 from .host import version_tuple
 
@@ -23,12 +24,12 @@ _VER_FLG_WEAK = 0x2   # a weak version need: the loader runs the file without it
 _NAMED = 3            # files named per need in the quick sidecar; the count says the rest
 
 
-@dataclass(frozen=True)
-class HostNeeds:
-    libraries: dict[str, list[str]]  # soname -> sorted env-relative paths of ELF files needing it
+class HostNeeds(NamedTuple):
+    # soname -> sorted env-relative paths of the ELF files needing it
+    libraries: Mapping[str, list[str]]
     glibc: str | None  # highest GLIBC_x.y any file's symbol versions require
     # soname -> version name -> sorted env-relative paths of the files needing that version
-    versions: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    versions: Mapping[str, Mapping[str, list[str]]] = MappingProxyType({})
 
     def to_json(self) -> dict[str, object]:
         return {"libraries": {k: list(v) for k, v in self.libraries.items()}, "glibc": self.glibc,

@@ -10,9 +10,8 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import InputError, ToolError
 from .hashing import file_digest
@@ -74,8 +73,7 @@ print(json.dumps({
 """
 
 
-@dataclass(frozen=True)
-class Interpreter:
+class Interpreter(NamedTuple):
     executable: str            # realpath of the binary
     implementation: str
     version: str

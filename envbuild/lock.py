@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import LockError, ToolError, UsageError
@@ -89,8 +88,7 @@ class PipToolsResolver:
             return (work / "recipe.txt").read_text()
 
 
-@dataclass(frozen=True)
-class LockEntry:
+class LockEntry(NamedTuple):
     name: str
     version: str
     marker: Marker | None
@@ -100,16 +98,14 @@ class LockEntry:
         return self.marker is None or self.marker.evaluate(environment)
 
 
-@dataclass(frozen=True)
-class Lock:
+class Lock(NamedTuple):
     path: Path
     text: str
     header: dict[str, str]
-    entries: tuple[LockEntry, ...] = field(default=())
+    entries: tuple[LockEntry, ...] = ()
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """The Python a lock is made for: its version, implementation, and the interpreter
     that runs pip-compile for it."""
 

@@ -11,10 +11,10 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from . import __version__
 from .errors import BuildError, ManifestError
@@ -48,16 +48,14 @@ def canonical(data: dict[str, Any]) -> bytes:
                       ensure_ascii=False).encode("utf-8")
 
 
-@dataclass(frozen=True)
-class Distribution:
+class Distribution(NamedTuple):
     name: str           # PEP 503-normalized
     version: str
     artifact: str       # the file the lock hashed: a wheel, or the sdist a wheel was built from
     sha256: str
 
 
-@dataclass(frozen=True)
-class InterpreterRecord:
+class InterpreterRecord(NamedTuple):
     implementation: str
     version: str
     abi: str
@@ -69,15 +67,13 @@ class InterpreterRecord:
     libpython: dict[str, str] | None    # {path, sha256} of a shared build's libpython
 
 
-@dataclass(frozen=True)
-class LaunchPolicy:
+class LaunchPolicy(NamedTuple):
     hook: bool
     root: str
     record_environment: str = "values"   # what run records keep: "values" or "names"
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedTuple):
     """What an env holds, as `ENV/envbuild-manifest.json` records it."""
 
     name: str
@@ -88,18 +84,18 @@ class Manifest:
     environment: EnvContract
     launch: LaunchPolicy
     tree_digest: str = ""               # these three are computed by `seal`
-    host: HostNeeds = field(default_factory=lambda: HostNeeds({}, None))
-    sidecars: dict[str, str] = field(default_factory=dict)
+    host: HostNeeds = HostNeeds(MappingProxyType({}), None)
+    sidecars: Mapping[str, str] = MappingProxyType({})
     schema: str = SCHEMA
     host_optional: tuple[str, ...] = ()  # [host] optional: needs that warn, not refuse
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": self.schema, "name": self.name, "env_key": self.env_key,
-                "inputs": dict(self.inputs), "interpreter": asdict(self.interpreter),
-                "distributions": [asdict(d) for d in self.distributions],
+                "inputs": dict(self.inputs), "interpreter": self.interpreter._asdict(),
+                "distributions": [d._asdict() for d in self.distributions],
                 "tree_digest": self.tree_digest,
                 "host": {**self.host.to_json(), "optional": list(self.host_optional)},
-                "environment": self.environment.to_json(), "launch": asdict(self.launch),
+                "environment": self.environment.to_json(), "launch": self.launch._asdict(),
                 "sidecars": dict(self.sidecars)}
 
     def to_bytes(self) -> bytes:
@@ -122,7 +118,7 @@ _TOP: dict[str, type] = {"schema": str, "name": str, "env_key": str, "inputs": d
                          "host": dict, "environment": dict, "launch": dict, "sidecars": dict}
 _FIELDS: dict[str, tuple[str, ...]] = {
     "inputs": ("recipe", "lock"),
-    "interpreter": tuple(f.name for f in fields(InterpreterRecord)),
+    "interpreter": InterpreterRecord._fields,
     "host": ("libraries", "glibc", "versions"),
     "environment": ("set", "require", "unset"),
     "launch": ("hook", "root", "record_environment"),
@@ -185,8 +181,7 @@ def _check_schema(schema: object, where: str) -> None:
                             f"envbuild reads{'; upgrade envbuild' if newer else ''}")
 
 
-@dataclass(frozen=True)
-class TreeListing:
+class TreeListing(NamedTuple):
     sidecar: bytes            # the `files` sidecar; its digest is the tree digest
     regular: list[str]        # relative paths of regular files, for the host scan
 
@@ -305,11 +300,11 @@ def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
     """
     (root / META).mkdir(exist_ok=True)
     listing = list_tree(root, forbidden, known, skip)
-    manifest = replace(draft, tree_digest=sha256_bytes(listing.sidecar),
+    manifest = draft._replace(tree_digest=sha256_bytes(listing.sidecar),
                        host=host_scan(root, listing.regular))
     quick = format_quick(quick_records(site, root, manifest, stdlib_landmark,
                                        startup)).encode("utf-8")
-    manifest = replace(manifest, sidecars={"quick": sha256_bytes(quick)})
+    manifest = manifest._replace(sidecars={"quick": sha256_bytes(quick)})
     atomic_write(root / FILES, listing.sidecar, mode=0o444)
     atomic_write(root / QUICK, quick, mode=0o444)
     import getpass  # (and socket): only a build reads who and where

@@ -7,9 +7,10 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
@@ -41,11 +42,10 @@ _TABLES: dict[str, set[str]] = {
 RESOLVERS = ("pip-tools", "uv")
 
 
-@dataclass(frozen=True)
-class EnvContract:
+class EnvContract(NamedTuple):
     """What a launch does to the environment: defaults, requirements, removals."""
 
-    set: dict[str, str] = field(default_factory=dict)
+    set: Mapping[str, str] = MappingProxyType({})
     require: tuple[str, ...] = ()
     unset: tuple[str, ...] = ALWAYS_UNSET
 
@@ -54,8 +54,7 @@ class EnvContract:
                 "unset": sorted(self.unset)}
 
 
-@dataclass(frozen=True)
-class Recipe:
+class Recipe(NamedTuple):
     path: Path
     digest: str                # of the recipe's meaning: see `meaning_digest`
     name: str
@@ -69,7 +68,7 @@ class Recipe:
     launch_record: str = "values"   # [launch] record-environment: what run records keep
     host_optional: tuple[str, ...] = ()   # [host] optional: host libraries that only warn
     find_links_as_written: tuple[str, ...] = ()   # what the lock header records
-    image: dict[str, Any] = field(default_factory=dict)
+    image: Mapping[str, Any] = MappingProxyType({})
     bytes_digest: str = ""     # of the file's bytes: what locks before envbuild.build/2 record
     resolver: str = "pip-tools"   # [lock] resolver: what `envbuild lock` resolves with
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .fsutil import atomic_write
 from .hashing import file_digest, sha256_bytes
@@ -39,8 +39,7 @@ print(json.dumps({"path": [p for p in path if p], "files": sorted(files),
 HOOK_NAMES = ("sitecustomize", "usercustomize")
 
 
-@dataclass(frozen=True)
-class Startup:
+class Startup(NamedTuple):
     # (a sys.path dir but site-packages, env-relative or absolute; dir|file|absent|unreadable;
     # its entries that provide a name the start imports)
     dirs: list[tuple[str, str, list[str]]]
@@ -88,7 +87,7 @@ def startup_of(root: Path, site: str, venv: Path) -> Startup:
         pass   # not kept yet, or unreadable: probed again
     found = probe_startup(venv, site)
     try:
-        atomic_write(kept, json.dumps(asdict(found), sort_keys=True))
+        atomic_write(kept, json.dumps(found._asdict(), sort_keys=True))
     except OSError:
         pass   # the next build probes it again
     return found

@@ -15,8 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 from . import BUILD_FORMAT
@@ -32,15 +30,17 @@ REFRESH_SECONDS = 10.0
 TAKEOVER_STALE_SECONDS = 10.0   # moving a dead lock aside takes milliseconds
 
 
-@dataclass(frozen=True)
 class Store:
     """A store on disk; `layout` knows its paths, these are the ones the build side uses."""
 
-    root: Path
+    __slots__ = ("root", "layout")
 
-    @cached_property
-    def layout(self) -> StoreLayout:
-        return StoreLayout(str(self.root))
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layout = StoreLayout(str(root))
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
 
     @staticmethod
     def path_for(explicit: Path | None = None) -> Path:

@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,7 +280,8 @@ def describe(env: Path) -> list[str]:
     return lines
 
 
-def _host_lines(libraries: dict[str, list[str]], versions: dict[str, dict[str, list[str]]],
+def _host_lines(libraries: Mapping[str, list[str]],
+                versions: Mapping[str, Mapping[str, list[str]]],
                 glibc: str | None, optional: tuple[str, ...]) -> list[str]:
     lines = [f"host needs: {len(libraries)} libraries"
              + (f", glibc >= {glibc}" if glibc else "")]

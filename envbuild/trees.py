@@ -18,10 +18,8 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import BuildError, InputError
 from .fsutil import remove_tree
@@ -56,20 +54,22 @@ def identity() -> str:
             f"installer {dist_version('installer')}")
 
 
-@dataclass(frozen=True)
 class Tree:
-    path: Path
-    files: Known
-    elf: dict[str, ElfRead]     # what the host scan reads from each ELF object
+    """A tree in the store: its place, its files' records, and what the host scan reads
+    from each of its ELF objects."""
+
+    __slots__ = ("path", "files", "elf", "root_prefix")
+
+    def __init__(self, path: Path, files: Known, elf: dict[str, ElfRead]) -> None:
+        self.path, self.files, self.elf = path, files, elf
+        self.root_prefix = f"{path}/{ROOT}/"   # a file's source is this and its path
+
+    def __repr__(self) -> str:
+        return f"Tree({str(self.path)!r})"
 
     @property
     def root(self) -> Path:
         return self.path / ROOT
-
-    @cached_property
-    def root_prefix(self) -> str:
-        """The root as a string ending in "/": a file's source is this and its path."""
-        return f"{self.path}/{ROOT}/"
 
 
 def tree_places(store: Store, artifacts: list[Artifact], interp: Interpreter) -> list[Path]:
@@ -233,8 +233,7 @@ class TreeDamaged(Exception):
         self.trees = sorted(damaged)
 
 
-@dataclass(frozen=True)
-class Linked:
+class Linked(NamedTuple):
     known: Known                        # every file put in place, checked as recorded
     elf: dict[str, ElfRead | None]      # what the host scan reads from each (None: not ELF)
     source: dict[str, Path]             # the tree each came from

@@ -14,9 +14,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .dlcache import ORIGIN, DownloadCache, checked_files, link_entry, listed
 from .errors import BuildError, CacheIntegrityError, ToolError
@@ -58,8 +57,7 @@ def artifact_origin(wheel_dir: str) -> str | None:
     return url if isinstance(url, str) else None
 
 
-@dataclass(frozen=True)
-class Artifact:
+class Artifact(NamedTuple):
     entry: LockEntry
     artifact: Path          # the file the lock hashed (a wheel, or an sdist)
     sha256: str             # "sha256:<hex>" of `artifact`, one of the lock's hashes
