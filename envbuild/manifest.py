@@ -307,13 +307,13 @@ def seal(root: Path, draft: Manifest, site: str, forbidden: bytes,
     manifest = manifest._replace(sidecars={"quick": sha256_bytes(quick)})
     atomic_write(root / FILES, listing.sidecar, mode=0o444)
     atomic_write(root / QUICK, quick, mode=0o444)
-    import getpass  # (and socket): only a build reads who and where
-    import socket
+    import getpass  # here: only a build reads who
 
     # an image's env takes a fixed time and names nobody, so the image is the same anywhere
     provenance = {"built_utc": fixed_time, "envbuild_version": __version__} if fixed_time \
         else {"built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "host": socket.gethostname(), "user": getpass.getuser(),
+              "host": os.uname().nodename,   # gethostname(2)'s, with no `socket` import
+              "user": getpass.getuser(),
               "envbuild_version": __version__,
               "recipe": str(recipe_path.absolute()) if recipe_path else None}
     atomic_write(root / PROVENANCE, canonical(provenance), mode=0o444)

@@ -105,23 +105,13 @@ def _fork(store: Store, share: Missing, interp: Interpreter) -> tuple[int, int]:
     out, into = os.pipe()
     pid = os.fork()
     if pid == 0:   # the child
-        import pickle  # here: the build imports it only to read a failure
-
         code = 1
         try:
             os.close(out)
             install_trees(store, share, interp)
             code = 0
         except BaseException as exc:  # noqa: BLE001  (the parent raises it)
-            try:
-                data = pickle.dumps(exc)
-            except Exception:  # noqa: BLE001
-                data = pickle.dumps(BuildError(str(exc)))
-            try:
-                while data:
-                    data = data[os.write(into, data):]
-            except OSError:
-                pass
+            _report(into, exc)
         finally:
             try:
                 sys.stderr.flush()
@@ -129,6 +119,22 @@ def _fork(store: Store, share: Missing, interp: Interpreter) -> tuple[int, int]:
                 os._exit(code)
     os.close(into)
     return pid, out
+
+
+def _report(into: int, exc: BaseException) -> None:
+    """`exc` pickled into the pipe (pickle imported only for a failure: a child's every
+    import is on a rebuild's critical path)."""
+    import pickle
+
+    try:
+        data = pickle.dumps(exc)
+    except Exception:  # noqa: BLE001
+        data = pickle.dumps(BuildError(str(exc)))
+    try:
+        while data:
+            data = data[os.write(into, data):]
+    except OSError:
+        pass
 
 
 def _read_all(fd: int) -> bytes:
