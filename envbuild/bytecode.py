@@ -53,8 +53,13 @@ if len(files) > 16:
         ok = all(pool.map(one, files, chunksize=max(1, len(files) // 64)))
 else:   # a pool's start costs more than a few files take
     ok = all([one(path) for path in files])
+if ok:
+    print(DONE)
 sys.exit(0 if ok else 1)
 """
+# the compile's last line when every file compiled: where SIGCHLD is ignored, the kernel
+# reaps the process unseen and its exit status reads 0 whatever it was
+DONE = "envbuild: compiled"
 
 
 class Compiler:
@@ -65,7 +70,7 @@ class Compiler:
     def __init__(self, python: str) -> None:
         import subprocess  # here: a build that compiles nothing does not import it
 
-        self.argv = [python, "-S", "-c", _COMPILE]
+        self.argv = [python, "-S", "-c", f"DONE = {DONE!r}\n{_COMPILE}"]
         self.child = subprocess.Popen(
             self.argv, env=hermetic_env({"PYTHONHASHSEED": "0"}), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -84,8 +89,8 @@ class Compiler:
         """Until it has compiled what `start` gave it; a ToolError if it failed."""
         assert self.child.stdout is not None
         output = self.child.stdout.read()
-        if self.child.wait() != 0:
-            raise ToolError(self.argv, self.child.returncode, output)
+        if self.child.wait() != 0 or not output.endswith(DONE + "\n"):
+            raise ToolError(self.argv, self.child.returncode or 1, output)
 
     def run(self, jobs: list[tuple[str, str, str]]) -> None:
         self.start(jobs)

@@ -128,6 +128,8 @@ def _report(into: int, exc: BaseException) -> None:
 
     try:
         data = pickle.dumps(exc)
+        # one whose class takes other arguments than its args (ToolError) would not load
+        pickle.loads(data)
     except Exception:  # noqa: BLE001
         data = pickle.dumps(BuildError(str(exc)))
     try:

@@ -18,14 +18,15 @@ from conftest import cli, write_recipe
 from pkgindex import LocalIndex
 from test_trees import make_wheel
 
-# the build in a process that counts its forks (a file per fork, named by the child's pid)
+# the build in a process that counts its forks, and its children theirs (a file per fork,
+# named by the forking process's pid and the child's)
 COUNTED = """
 import os, runpy, sys
 forks, real_fork = sys.argv.pop(1), os.fork
 def fork():
     pid = real_fork()
     if pid:
-        open(os.path.join(forks, str(pid)), "w").close()
+        open(os.path.join(forks, f"{os.getpid()}-{pid}"), "w").close()
     return pid
 os.fork = fork
 sys.argv = ["envbuild", *sys.argv[1:]]
@@ -35,17 +36,21 @@ runpy.run_module("envbuild", run_name="__main__")
 
 def build(recipe: Path, store: Path, forks: Path, *, sigchld_ignored: bool = False
           ) -> tuple[dict[str, Any], int]:
-    """The build's JSON and how many processes it forked (SIGCHLD ignored: as a parent that
-    ignores it leaves it to its children, so that forking is not safe)."""
+    """The build's JSON and how many processes it forked itself (SIGCHLD ignored: as a
+    parent that ignores it leaves it to its children, so that forking is not safe)."""
     forks.mkdir(parents=True, exist_ok=True)
-    before = len(list(forks.iterdir()))
+    before = {p.name for p in forks.iterdir()}
     res = subprocess.run(
         [sys.executable, "-c", COUNTED, str(forks), "build", str(recipe), "--store",
          str(store), "--json"], capture_output=True, text=True,
         preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
         if sigchld_ignored else None)
     assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout.splitlines()[-1]), len(list(forks.iterdir())) - before
+    made = [name.split("-") for name in {p.name for p in forks.iterdir()} - before]
+    children = {child for _parent, child in made}
+    own = [child for parent, child in made if parent not in children]
+    assert len(made) == len(own)   # a child forks nothing (its compiler it spawns)
+    return json.loads(res.stdout.splitlines()[-1]), len(own)
 
 
 def env_files(env: Path) -> dict[str, bytes]:
@@ -117,6 +122,40 @@ def test_a_later_wheels_file_wins_whichever_tree_is_new(tmp_path: Path,
         site = next(Path(got["path"]).glob("lib/python*/site-packages"))
         assert (site / "shared.py").read_text() == "FROM = 'zzz'\n", got
         assert got["manifest_digest"] == builds[0]["manifest_digest"]
+
+
+def test_a_module_that_does_not_compile_fails_the_build_naming_it(
+        tmp_path: Path, index: LocalIndex) -> None:
+    """A wheel's module with a syntax error fails the build, naming the file, whether a
+    child installs the wheel (its ToolError reported as the build's) or the build's own
+    process does because SIGCHLD is ignored (where the compiler's exit status reads 0: its
+    last line says it compiled every file). Exit 1 either way; nothing left in the store's
+    temp dir, trees or envs."""
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "badsyntax", "1.0", {
+        "badsyntax/__init__.py": (b"X = 1\n", 0o644),
+        "badsyntax/oops.py": (b"def broken(:\n    pass\n", 0o644),
+        "badsyntax-1.0.dist-info/METADATA": (b"Metadata-Version: 2.1\nName: badsyntax\n"
+                                             b"Version: 1.0\n", 0o644),
+        "badsyntax-1.0.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: test\n"
+                                          b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+                                          0o644)})
+    recipe = write_recipe(tmp_path, index, deps=["badsyntax"], name="badsyntax")
+    recipe.write_text(recipe.read_text().replace(
+        "[index]\n", f'[index]\nfind-links = ["{wheels}"]\n'))
+    assert cli("lock", recipe).exit_code == 0
+    for ignored in (False, True):
+        store = tmp_path / f"store-{ignored}"
+        res = subprocess.run(
+            [sys.executable, "-m", "envbuild", "build", str(recipe), "--store", str(store)],
+            capture_output=True, text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+            if ignored else None)
+        assert res.returncode == 1, res.stderr
+        assert "badsyntax/oops.py" in res.stderr and "SyntaxError" in res.stderr, res.stderr
+        assert list((store / "tmp").iterdir()) == []
+        assert list((store / "trees").iterdir()) == []
+        assert list((store / "envs").iterdir()) == []
 
 
 def test_a_childs_failure_is_the_builds(tmp_path: Path, index: LocalIndex) -> None:
