@@ -90,6 +90,16 @@ def shared_wheel(dest: Path, name: str) -> Path:
                                         b"Root-Is-Purelib: true\nTag: py3-none-any\n", 0o644)})
 
 
+def local_recipe(tmp_path: Path, index: LocalIndex, wheels: Path, deps: list[str],
+                 name: str) -> Path:
+    """A locked recipe of `deps`, the wheels in `wheels` found beside the index."""
+    recipe = write_recipe(tmp_path, index, deps=deps, name=name)
+    recipe.write_text(recipe.read_text().replace(
+        "[index]\n", f'[index]\nfind-links = ["{wheels}"]\n'))
+    assert cli("lock", recipe).exit_code == 0
+    return recipe
+
+
 @pytest.mark.slow
 def test_a_later_wheels_file_wins_whichever_tree_is_new(tmp_path: Path,
                                                         index: LocalIndex) -> None:
@@ -101,12 +111,8 @@ def test_a_later_wheels_file_wins_whichever_tree_is_new(tmp_path: Path,
         shared_wheel(wheels, name)
     recipes = {}
     for deps in (["aaa"], ["zzz"], ["aaa", "zzz"]):
-        recipe = write_recipe(tmp_path / "-".join(deps), index, deps=deps,
-                              name="-".join(deps))
-        recipe.write_text(recipe.read_text().replace(
-            "[index]\n", f'[index]\nfind-links = ["{wheels}"]\n'))
-        assert cli("lock", recipe).exit_code == 0, recipe
-        recipes["-".join(deps)] = recipe
+        name = "-".join(deps)
+        recipes[name] = local_recipe(tmp_path / name, index, wheels, deps, name)
     both = recipes["aaa-zzz"]
     forks = tmp_path / "forks"
     builds = []
@@ -122,6 +128,26 @@ def test_a_later_wheels_file_wins_whichever_tree_is_new(tmp_path: Path,
         site = next(Path(got["path"]).glob("lib/python*/site-packages"))
         assert (site / "shared.py").read_text() == "FROM = 'zzz'\n", got
         assert got["manifest_digest"] == builds[0]["manifest_digest"]
+
+
+def failed_builds(recipe: Path, tmp_path: Path) -> list[tuple[Path, str]]:
+    """`envbuild build` of `recipe` with the trees installed by forked children, then by
+    the build's own process (SIGCHLD ignored), each into a store of its own: the store and
+    what the build said, once each build failed with exit 1 leaving nothing in the
+    store's temp dir or envs."""
+    out = []
+    for ignored in (False, True):
+        store = tmp_path / f"store-{ignored}"
+        res = subprocess.run(
+            [sys.executable, "-m", "envbuild", "build", str(recipe), "--store", str(store)],
+            capture_output=True, text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+            if ignored else None)
+        assert res.returncode == 1, res.stderr
+        assert list((store / "tmp").iterdir()) == []
+        assert list((store / "envs").iterdir()) == []
+        out.append((store, res.stderr))
+    return out
 
 
 def test_a_module_that_does_not_compile_fails_the_build_naming_it(
@@ -140,22 +166,10 @@ def test_a_module_that_does_not_compile_fails_the_build_naming_it(
         "badsyntax-1.0.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: test\n"
                                           b"Root-Is-Purelib: true\nTag: py3-none-any\n",
                                           0o644)})
-    recipe = write_recipe(tmp_path, index, deps=["badsyntax"], name="badsyntax")
-    recipe.write_text(recipe.read_text().replace(
-        "[index]\n", f'[index]\nfind-links = ["{wheels}"]\n'))
-    assert cli("lock", recipe).exit_code == 0
-    for ignored in (False, True):
-        store = tmp_path / f"store-{ignored}"
-        res = subprocess.run(
-            [sys.executable, "-m", "envbuild", "build", str(recipe), "--store", str(store)],
-            capture_output=True, text=True,
-            preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
-            if ignored else None)
-        assert res.returncode == 1, res.stderr
-        assert "badsyntax/oops.py" in res.stderr and "SyntaxError" in res.stderr, res.stderr
-        assert list((store / "tmp").iterdir()) == []
+    recipe = local_recipe(tmp_path, index, wheels, ["badsyntax"], "badsyntax")
+    for store, said in failed_builds(recipe, tmp_path):
+        assert "badsyntax/oops.py" in said and "SyntaxError" in said, said
         assert list((store / "trees").iterdir()) == []
-        assert list((store / "envs").iterdir()) == []
 
 
 def test_a_childs_failure_is_the_builds(tmp_path: Path, index: LocalIndex) -> None:
@@ -169,22 +183,9 @@ def test_a_childs_failure_is_the_builds(tmp_path: Path, index: LocalIndex) -> No
                                           b"Version: 1.0\n", 0o644),
         "broken-1.0.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: test\n"
                                        b"Root-Is-Purelib: true\nTag: py3-none-any\n", 0o644)})
-    recipe = write_recipe(tmp_path, index, deps=["beta", "broken"], name="broken")
-    recipe.write_text(recipe.read_text().replace(
-        "[index]\n", f'[index]\nfind-links = ["{wheels}"]\n'))
-    assert cli("lock", recipe).exit_code == 0
+    recipe = local_recipe(tmp_path, index, wheels, ["beta", "broken"], "broken")
     errors = []
-    for ignored in (False, True):
-        store = tmp_path / f"store-{ignored}"
-        res = subprocess.run(
-            [sys.executable, "-m", "envbuild", "build", str(recipe), "--store", str(store)],
-            capture_output=True, text=True,
-            preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
-            if ignored else None)
-        assert res.returncode == 1, res.stderr
-        assert "broken-1.0-py3-none-any.whl: expected a wheel the installer can read" \
-            in res.stderr
-        errors.append([line for line in res.stderr.splitlines() if "expected a wheel" in line])
-        assert list((store / "tmp").iterdir()) == []
-        assert list((store / "envs").iterdir()) == []
+    for _store, said in failed_builds(recipe, tmp_path):
+        assert "broken-1.0-py3-none-any.whl: expected a wheel the installer can read" in said
+        errors.append([line for line in said.splitlines() if "expected a wheel" in line])
     assert errors[0] == [e.replace("store-True", "store-False") for e in errors[1]]
