@@ -67,10 +67,6 @@ class Tree:
     def __repr__(self) -> str:
         return f"Tree({str(self.path)!r})"
 
-    @property
-    def root(self) -> Path:
-        return self.path / ROOT
-
 
 def tree_places(store: Store, artifacts: list[Artifact], interp: Interpreter) -> list[Path]:
     """Where each artifact's tree is, or goes, in the store."""
@@ -306,26 +302,24 @@ Unit = tuple[list[str], list[tuple[str, Tree]]]   # dirs (parents first), and fi
 def _units(todo: list[tuple[str, Tree]]) -> tuple[list[str], list[Unit]]:
     """The dirs `todo`'s files need that are less than `UNIT_DEPTH` deep (to be made first,
     parents first), and the files shared out in units: one dir that deep with every dir and
-    file under it (a package's subpackage, in site-packages), or a share of the files of
-    the shallower dirs."""
+    file under it (a package's subpackage, in site-packages), or the files of one of the
+    shallower dirs."""
     by_parent: dict[str, list[tuple[str, Tree]]] = {}
     for item in todo:
         by_parent.setdefault(item[0].rpartition("/")[0], []).append(item)
     shallow: set[str] = set()
+    units: list[Unit] = []
     deep: dict[str, tuple[set[str], list[tuple[str, Tree]]]] = {}
-    loose: list[tuple[str, Tree]] = []
     for parent, items in by_parent.items():
         parts = parent.split("/") if parent else []
         shallow.update("/".join(parts[:n]) for n in range(1, min(len(parts), UNIT_DEPTH - 1) + 1))
         if len(parts) < UNIT_DEPTH:
-            loose += items
+            units.append(([], items))
             continue
         dirs, files = deep.setdefault("/".join(parts[:UNIT_DEPTH]), (set(), []))
         dirs.update("/".join(parts[:n]) for n in range(UNIT_DEPTH, len(parts) + 1))
         files += items
-    units: list[Unit] = [(sorted(dirs), files) for dirs, files in deep.values()]
-    step = max(64, len(loose) // 16)
-    units += [([], loose[i:i + step]) for i in range(0, len(loose), step)]
+    units += [(sorted(dirs), files) for dirs, files in deep.values()]
     return sorted(shallow), units
 
 

@@ -93,9 +93,9 @@ def shared_wheel(dest: Path, name: str) -> Path:
 def local_recipe(tmp_path: Path, index: LocalIndex, wheels: Path, deps: list[str],
                  name: str) -> Path:
     """A locked recipe of `deps`, the wheels in `wheels` found beside the index."""
-    recipe = write_recipe(tmp_path, index, deps=deps, name=name)
-    recipe.write_text(recipe.read_text().replace(
-        "[index]\n", f'[index]\nfind-links = ["{wheels}"]\n'))
+    # (`extra` lands in the recipe's last table, [index])
+    recipe = write_recipe(tmp_path, index, deps=deps, name=name,
+                          extra=f'find-links = ["{wheels}"]\n')
     assert cli("lock", recipe).exit_code == 0
     return recipe
 
