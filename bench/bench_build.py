@@ -88,34 +88,47 @@ def flags(*words: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Subject:
-    """One recipe: its env in the bench store, and the upgrade's two copies."""
+    """One recipe: its env in the bench store, the store the warm builds start from, and
+    the upgrade's two copies."""
 
     env: BenchEnv
+    warm_store: Path      # caches holding this recipe's build: where the warm builds start
     new: Path             # the recipe copy with the upgraded package (its lock differs so)
     upgrade: str          # "name old → new"
     upgrade_store: Path   # caches holding the old copy's build: where the rebuild starts
 
 
 def prepare(name: str, places: Places, package: str) -> Subject:
-    """The recipe's env in the bench store (fills its caches), the upgrade's copies, and a
-    store that built the old copy; uv's cache filled from the index for the lock."""
+    """The recipe's env in the bench store (fills its wheel cache), a store that built it
+    and nothing else, the upgrade's copies, and a store that built the old copy."""
     recipe = ROOT / "recipes" / f"{name}.toml"
     env = ensure_env(recipe, places.store)
-    if not list((places.store / "venvs").glob("*.startup-*.json")):
-        # a store that has built with this envbuild keeps its empty venv's start: one build
-        # again (its env was a cache hit) leaves it, as any first build does
-        run_checked([ENVBUILD, "build", str(recipe), "--store", str(places.store), "--force",
-                     "--json"], base_env(), f"envbuild build --force {recipe}")
     old, new, upgrade = upgrade_pair(recipe, places.work / "upgrade" / name, package)
-    store = places.work / f"upgrade-store-{name}"
+    return Subject(env, built_store(recipe, places, "warm", name), new, upgrade,
+                   built_store(old, places, "upgrade", name))
+
+
+def built_store(recipe: Path, places: Places, kind: str, name: str) -> Path:
+    """A store holding `recipe`'s build alone (its wheels linked from the bench store, its
+    trees and pycs its own): what a timed build's fresh store links. One recipe's caches,
+    not the bench store's every recipe: making and removing a fresh store of every
+    recipe's trees around each run churns the file system, which slows the file creations
+    of whichever run comes next (a copy's most of all), and uv's runs make no such store."""
+    store = places.work / f"{kind}-store-{name}"
     force_rmtree(store)
     link_caches(places.store, store, WHEEL_CACHE)
-    run_checked([ENVBUILD, "build", str(old), "--store", str(store), "--json"], base_env(),
-                f"envbuild build {old}")
+    # a first build also leaves the store's empty venv's start, as a user's store keeps it
+    run_checked([ENVBUILD, "build", str(recipe), "--store", str(store), "--json"], base_env(),
+                f"envbuild build {recipe}")
+    return store
+
+
+def fill_uv_cache(env: BenchEnv, places: Places) -> None:
+    """uv's cache filled from the index for the recipe's lock."""
     scratch = Scratch(places.scratch)
     venv = scratch.new("uv-fill")
     uv = ["--no-config", "--cache-dir", str(places.uv_cache)]
-    lock = recipe.with_suffix(".lock")   # the new copy's lock pins the same releases
+    lock = env.recipe.with_suffix(".lock")   # the new copy's lock pins the same releases
     try:
         run_checked([UV, "venv", *uv, "--quiet", "--python", env.base_python, str(venv)],
                     uv_env(), "uv venv")
@@ -124,7 +137,6 @@ def prepare(name: str, places: Places, package: str) -> Subject:
                     f"uv pip sync {lock} (filling uv's cache)")
     finally:
         scratch.clear()
-    return Subject(env, new, upgrade, store)
 
 
 class Links:
@@ -178,7 +190,7 @@ def uv_task(name: str, lock: Path, python: str, mode: str, places: Places,
 
 
 def tasks(s: Subject, places: Places, links: Links, reflink: bool) -> list[Task]:
-    recipe, store, py = s.env.recipe, places.store, s.env.base_python
+    recipe, store, py = s.env.recipe, s.warm_store, s.env.base_python
     out = [envbuild_task(E_COPY, recipe, store, flags("--link", "copy"), links, False)]
     if reflink:   # clones have one link each, like copies
         out.append(envbuild_task(E_REFLINK, recipe, store, flags("--link", "reflink"), links,
@@ -246,6 +258,7 @@ def header(name: str, r: dict[str, Any], runs: int) -> str:
 def measure(name: str, places: Places, args: argparse.Namespace, reflink: bool
             ) -> tuple[list[Row], dict[str, Any]]:
     subject = prepare(name, places, args.upgrade_package)
+    fill_uv_cache(subject.env, places)
     links = Links(Scratch(places.scratch))
     load = [os.getloadavg()[0]]
     try:
@@ -253,6 +266,7 @@ def measure(name: str, places: Places, args: argparse.Namespace, reflink: bool
                              label=name)
     finally:
         links.scratch.clear()
+        force_rmtree(subject.warm_store)
         force_rmtree(subject.upgrade_store)
     load.append(os.getloadavg()[0])
     got = rows(name, subject.upgrade, samples)
