@@ -19,6 +19,19 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         raise SystemExit(code)
+    if next((arg for arg in args if not arg.startswith("-")), None) == "run":
+        _dispatch(args)   # (after global options) CMD gets SIGCHLD as envbuild got it
+        return
+    from .children import DefaultSigchld
+
+    # every other command waits for the tools and children it starts: where SIGCHLD comes
+    # ignored from the parent, the kernel would reap them unseen and a failing pip would
+    # read as exit 0
+    with DefaultSigchld(only_if_ignored=True):
+        _dispatch(args)
+
+
+def _dispatch(args: list[str]) -> None:
     if args[:1] in (["build"], ["lock"]):   # no typer when it is not needed
         from .fastbuild import build_main, lock_main
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -268,6 +269,22 @@ def test_a_cert_that_is_not_there(tmp_path: Path, index: LocalIndex, source: str
 
 
 # --- a conflict -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
+def test_a_resolvers_failure_fails_the_lock_where_sigchld_comes_ignored(
+        tmp_path: Path, index: LocalIndex, resolver: str) -> None:
+    """A parent that ignores SIGCHLD passes that on through exec, and the kernel would then
+    reap the resolver unseen, its exit status read as 0: the CLI restores the default, so
+    that a resolution that fails fails the lock (exit 2, as any) and writes nothing."""
+    recipe = recipe_at(tmp_path, index, index.simple_url, deps=["alpha>=9"])
+    res = subprocess.run(
+        [sys.executable, "-m", "envbuild", "lock", str(recipe), "--resolver", resolver],
+        env=user_env(tmp_path), capture_output=True, text=True, timeout=600,
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+    assert res.returncode == 2, res.stderr
+    assert "cannot be satisfied" in res.stderr and "alpha>=9" in res.stderr, res.stderr
+    assert_nothing_left(recipe, tmp_path)
 
 
 def test_conflict_names_the_requirements(tmp_path: Path) -> None:

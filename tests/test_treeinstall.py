@@ -18,10 +18,16 @@ from conftest import cli, write_recipe
 from pkgindex import LocalIndex
 from test_trees import make_wheel
 
-# the build in a process that counts its forks, and its children theirs (a file per fork,
-# named by the forking process's pid and the child's)
+# envbuild's CLI, as `python -m envbuild` runs it
+RUN = """
+import runpy, sys
+sys.argv = ["envbuild", *sys.argv[1:]]
+runpy.run_module("envbuild", run_name="__main__")
+"""
+# ... in a process that counts its forks, and its children theirs (a file per fork, named
+# by the forking process's pid and the child's, in the dir its first argument names)
 COUNTED = """
-import os, runpy, sys
+import os, sys
 forks, real_fork = sys.argv.pop(1), os.fork
 def fork():
     pid = real_fork()
@@ -29,22 +35,38 @@ def fork():
         open(os.path.join(forks, f"{os.getpid()}-{pid}"), "w").close()
     return pid
 os.fork = fork
-sys.argv = ["envbuild", *sys.argv[1:]]
-runpy.run_module("envbuild", run_name="__main__")
+""" + RUN
+# what starts another thread first: forking is then not safe, and the build installs
+# every tree in its own process
+THREADED = """
+import threading
+threading.Thread(target=threading.Event().wait, daemon=True).start()
 """
 
 
-def build(recipe: Path, store: Path, forks: Path, *, sigchld_ignored: bool = False
+# how a build is started: as usual; in a process where another thread runs; by a parent
+# that ignores SIGCHLD (which exec passes on: the CLI restores the default, so that the
+# tools and children it waits for are not reaped unseen)
+WAYS = ("usual", "threaded", "sigchld-ignored")
+
+
+def start(argv: list[str], way: str) -> subprocess.CompletedProcess[str]:
+    """`python -c SCRIPT ARGV...` started `way` (see WAYS), with the SCRIPT `THREADED` begins
+    for a threaded way; `argv[0]` is the script."""
+    script = (THREADED if way == "threaded" else "") + argv[0]
+    return subprocess.run(
+        [sys.executable, "-c", script, *argv[1:]], capture_output=True, text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+        if way == "sigchld-ignored" else None)
+
+
+def build(recipe: Path, store: Path, forks: Path, way: str = "usual"
           ) -> tuple[dict[str, Any], int]:
-    """The build's JSON and how many processes it forked itself (SIGCHLD ignored: as a
-    parent that ignores it leaves it to its children, so that forking is not safe)."""
+    """The build's JSON and how many processes it forked itself, started `way`."""
     forks.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in forks.iterdir()}
-    res = subprocess.run(
-        [sys.executable, "-c", COUNTED, str(forks), "build", str(recipe), "--store",
-         str(store), "--json"], capture_output=True, text=True,
-        preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
-        if sigchld_ignored else None)
+    res = start([COUNTED, str(forks), "build", str(recipe), "--store", str(store), "--json"],
+                way)
     assert res.returncode == 0, res.stderr
     made = [name.split("-") for name in {p.name for p in forks.iterdir()} - before]
     children = {child for _parent, child in made}
@@ -70,11 +92,14 @@ def test_children_install_the_trees_this_process_would(tmp_path: Path,
     assert cli("lock", recipe).exit_code == 0
     forked, forks = build(recipe, tmp_path / "forked", tmp_path / "forks")
     assert forks >= 1   # (one child per core, four at most: no more than the wheels)
-    here, forks = build(recipe, tmp_path / "here", tmp_path / "forks", sigchld_ignored=True)
+    here, forks = build(recipe, tmp_path / "here", tmp_path / "forks", "threaded")
     assert forks == 0
-    assert forked["manifest_digest"] == here["manifest_digest"]
-    assert tree_records(tmp_path / "forked") == tree_records(tmp_path / "here")
-    assert env_files(Path(forked["path"])).keys() == env_files(Path(here["path"])).keys()
+    ignored, forks = build(recipe, tmp_path / "ignored", tmp_path / "forks", "sigchld-ignored")
+    assert forks >= 1   # the CLI restored SIGCHLD's default: children, waited for as usual
+    for other, store in ((here, "here"), (ignored, "ignored")):
+        assert forked["manifest_digest"] == other["manifest_digest"]
+        assert tree_records(tmp_path / "forked") == tree_records(tmp_path / store)
+        assert env_files(Path(forked["path"])).keys() == env_files(Path(other["path"])).keys()
     again, forks = build(recipe, tmp_path / "forked", tmp_path / "forks")
     assert (again["cached"], forks) == (True, 0)
 
@@ -131,18 +156,14 @@ def test_a_later_wheels_file_wins_whichever_tree_is_new(tmp_path: Path,
 
 
 def failed_builds(recipe: Path, tmp_path: Path) -> list[tuple[Path, str]]:
-    """`envbuild build` of `recipe` with the trees installed by forked children, then by
-    the build's own process (SIGCHLD ignored), each into a store of its own: the store and
-    what the build said, once each build failed with exit 1 leaving nothing in the
-    store's temp dir or envs."""
+    """`envbuild build` of `recipe` started each of the `WAYS` (with the trees installed by
+    forked children, by the build's own process, by children again), each into a store of
+    its own: the store and what the build said, once each build failed with exit 1 leaving
+    nothing in the store's temp dir or envs."""
     out = []
-    for ignored in (False, True):
-        store = tmp_path / f"store-{ignored}"
-        res = subprocess.run(
-            [sys.executable, "-m", "envbuild", "build", str(recipe), "--store", str(store)],
-            capture_output=True, text=True,
-            preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
-            if ignored else None)
+    for way in WAYS:
+        store = tmp_path / f"store-{way}"
+        res = start([RUN, "build", str(recipe), "--store", str(store)], way)
         assert res.returncode == 1, res.stderr
         assert list((store / "tmp").iterdir()) == []
         assert list((store / "envs").iterdir()) == []
@@ -154,9 +175,7 @@ def test_a_module_that_does_not_compile_fails_the_build_naming_it(
         tmp_path: Path, index: LocalIndex) -> None:
     """A wheel's module with a syntax error fails the build, naming the file, whether a
     child installs the wheel (its ToolError reported as the build's) or the build's own
-    process does because SIGCHLD is ignored (where the compiler's exit status reads 0: its
-    last line says it compiled every file). Exit 1 either way; nothing left in the store's
-    temp dir, trees or envs."""
+    process does. Exit 1 every way; nothing left in the store's temp dir, trees or envs."""
     wheels = tmp_path / "wheels"
     make_wheel(wheels, "badsyntax", "1.0", {
         "badsyntax/__init__.py": (b"X = 1\n", 0o644),
@@ -173,8 +192,8 @@ def test_a_module_that_does_not_compile_fails_the_build_naming_it(
 
 
 def test_a_childs_failure_is_the_builds(tmp_path: Path, index: LocalIndex) -> None:
-    """A wheel the installer cannot read, installed by a child and in this process: the
-    same message and exit status, nothing left in the store's temp dir."""
+    """A wheel the installer cannot read, installed by a child or in the build's own
+    process: the same message and exit status, nothing left in the store's temp dir."""
     wheels = tmp_path / "wheels"
     make_wheel(wheels, "broken", "1.0", {   # a .data dir named otherwise than the wheel
         "broken.py": (b"X = 1\n", 0o644),
@@ -188,4 +207,5 @@ def test_a_childs_failure_is_the_builds(tmp_path: Path, index: LocalIndex) -> No
     for _store, said in failed_builds(recipe, tmp_path):
         assert "broken-1.0-py3-none-any.whl: expected a wheel the installer can read" in said
         errors.append([line for line in said.splitlines() if "expected a wheel" in line])
-    assert errors[0] == [e.replace("store-True", "store-False") for e in errors[1]]
+    for way, said in zip(WAYS[1:], errors[1:]):
+        assert errors[0] == [e.replace(f"store-{way}", "store-usual") for e in said]
