@@ -207,5 +207,5 @@ def test_a_childs_failure_is_the_builds(tmp_path: Path, index: LocalIndex) -> No
     for _store, said in failed_builds(recipe, tmp_path):
         assert "broken-1.0-py3-none-any.whl: expected a wheel the installer can read" in said
         errors.append([line for line in said.splitlines() if "expected a wheel" in line])
-    for way, said in zip(WAYS[1:], errors[1:]):
-        assert errors[0] == [e.replace(f"store-{way}", "store-usual") for e in said]
+    for way, lines in zip(WAYS[1:], errors[1:]):
+        assert errors[0] == [e.replace(f"store-{way}", "store-usual") for e in lines]
