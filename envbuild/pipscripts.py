@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from packaging.version import Version
+from .memo import by_packaging
 
 # (the first pip version that writes it, its style name, the body), newest first
 _BODIES = (
@@ -44,12 +44,17 @@ if __name__ == '__main__':
 
 def body_for(pip_version: str) -> tuple[str, str]:
     """The style name and the console-script body (a `str.format` template with `module`,
-    `import_name` and `func`) that pip `pip_version` writes."""
+    `import_name` and `func`) that pip `pip_version` writes (packaging's comparison of the
+    versions remembered per host: `memo`)."""
+    style = by_packaging("pip-style", pip_version, lambda: _style(pip_version))
+    return next((style, body) for _first, name, body in _BODIES if name == style)
+
+
+def _style(pip_version: str) -> str:
+    from packaging.version import Version
+
     version = Version(pip_version)
-    for first, style, body in _BODIES:
-        if version >= Version(first):
-            return style, body
-    raise AssertionError("unreachable: the last body starts at pip 0")
+    return next(style for first, style, _body in _BODIES if version >= Version(first))
 
 
 @cache

@@ -12,9 +12,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
 from .errors import InputError, RecipeError
+from .memo import by_packaging
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,7 +57,7 @@ class Recipe(NamedTuple):
     path: Path
     digest: str                # of the recipe's meaning: see `meaning_digest`
     name: str
-    requires_python: SpecifierSet
+    requires_python: str       # a PEP 440 specifier set, as written ("": any Python)
     dependencies: tuple[str, ...]
     index_url: str
     find_links: tuple[Path, ...]
@@ -78,39 +77,57 @@ class Recipe(NamedTuple):
 
     def check_python(self, version: str, found: str, fix: str) -> None:
         """Refuse an interpreter outside requires-python (lock and build share this)."""
-        if not self.requires_python.contains(version, prereleases=True):
+        spec = self.requires_python
+
+        def answer() -> str:
+            return "in" if _specifiers(spec).contains(version, prereleases=True) else "out"
+
+        if by_packaging("requires-python", [spec, version], answer, "in") != "in":
             raise InputError(f"{self.path}: requires-python: expected an interpreter "
-                             f"matching '{self.requires_python}', found {found}; {fix}")
+                             f"matching '{_specifiers(spec)}', found {found}; {fix}")
+
+
+def _specifiers(spec: str) -> Any:
+    """packaging's `SpecifierSet` of `spec` (its module imported here: see `memo`)."""
+    from packaging.specifiers import SpecifierSet
+
+    return SpecifierSet(spec)
+
+
+def _sound_specifiers(spec: str) -> str:
+    from packaging.specifiers import InvalidSpecifier
+
+    try:
+        _specifiers(spec)
+    except InvalidSpecifier:
+        return "unsound"
+    return "sound"
 
 
 def _check_requirements(deps: list[Any], where: str, issues: list[str]) -> None:
-    """packaging's reading of each dependency: its problems added to `issues`. Dependencies
-    it found sound are remembered per host (keyed by them and packaging's version), so that
-    a build of a recipe seen before does not import its parser (most of a cache hit)."""
-    import packaging
+    """packaging's reading of each dependency: its problems added to `issues`
+    (`memo.by_packaging`'s answer, where every dependency is a string)."""
+    found = (by_packaging("requirements", deps, lambda: _requirement_problems(deps), "sound")
+             if all(isinstance(dep, str) for dep in deps) else _requirement_problems(deps))
+    issues += [f"{where}: {problem}"
+               for problem in ([] if found == "sound" else json.loads(found))]
 
-    from .host import cached, remember
 
-    key = name = ""   # (none for a list with other things than strings: not remembered)
-    if all(isinstance(dep, str) for dep in deps):
-        key = json.dumps([packaging.__version__, deps])
-        name = f"requirements-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
-        if cached(name, key) == "sound":
-            return
+def _requirement_problems(deps: list[Any]) -> str:
+    """"sound", or the JSON list of what is wrong with `deps` as PEP 508 requirements."""
     from packaging.requirements import InvalidRequirement, Requirement
 
-    before = len(issues)
+    problems = []
     for dep in deps:
         try:
             if not isinstance(dep, str):
                 raise InvalidRequirement(repr(dep))
             if Requirement(dep).url:
-                issues.append(f"{where}: {dep!r}: direct URLs cannot be hash-locked from an "
-                              "index; publish it to an index or find-links")
+                problems.append(f"{dep!r}: direct URLs cannot be hash-locked from an index; "
+                                "publish it to an index or find-links")
         except InvalidRequirement as exc:
-            issues.append(f"{where}: not a PEP 508 requirement: {dep!r} ({exc})")
-    if key and len(issues) == before:
-        remember(name, key, "sound")
+            problems.append(f"not a PEP 508 requirement: {dep!r} ({exc})")
+    return json.dumps(problems) if problems else "sound"
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -155,15 +172,12 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
     if not isinstance(name, str) or not NAME_RE.match(name):
         issues.append(f"{where('', 'name')}: expected a name matching [a-z0-9][a-z0-9._-]*, "
                       f"found {name!r}")
-    rp_raw = data.get("requires-python", "")
-    requires_python = SpecifierSet()
-    try:
-        if not isinstance(rp_raw, str):
-            raise InvalidSpecifier(repr(rp_raw))
-        requires_python = SpecifierSet(rp_raw)
-    except InvalidSpecifier:
+    requires_python = data.get("requires-python", "")
+    if not isinstance(requires_python, str) or by_packaging(
+            "requires-python", requires_python,
+            lambda: _sound_specifiers(requires_python), "sound") != "sound":
         issues.append(f"{where('', 'requires-python')}: expected a PEP 440 specifier such as "
-                      f"'>=3.11,<3.12', found {rp_raw!r}")
+                      f"'>=3.11,<3.12', found {requires_python!r}")
     deps = data.get("dependencies")
     if not isinstance(deps, list) or not deps:
         issues.append(f"{where('', 'dependencies')}: expected a non-empty list of PEP 508 "

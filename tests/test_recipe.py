@@ -248,7 +248,7 @@ def test_valid_recipe_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert r.bytes_digest == "sha256:" + hashlib.sha256(FULL.encode()).hexdigest()
     assert r.digest == meaning_digest(tomllib.loads(FULL))
     assert r.name == "analysis.v2_x"
-    assert r.requires_python == SpecifierSet(">=3.11,<3.12")
+    assert SpecifierSet(r.requires_python) == SpecifierSet(">=3.11,<3.12")
     assert r.dependencies == ("numpy>=1.26", "requests[socks]>=2.31",
                               'tomli>=2; python_version < "3.11"')
     assert r.index_url == "https://mirror.example/simple"  # the recipe beats the variable
@@ -270,7 +270,7 @@ def test_minimal_recipe_defaults(tmp_path: Path) -> None:
     r = load_recipe(path)
     assert r.index_url == PYPI_SIMPLE == "https://pypi.org/simple"
     assert r.find_links == ()
-    assert r.requires_python == SpecifierSet("")
+    assert r.requires_python == ""
     assert r.environment.set == {}
     assert tuple(r.environment.require) == ()
     assert set(r.environment.unset) == ALWAYS
@@ -353,3 +353,35 @@ def test_sound_dependencies_are_parsed_once_per_host(tmp_path: Path) -> None:
     assert load(good) == "loaded False\n"
     assert load(bad) == "refused True True\n"
     assert load(bad) == "refused True True\n"
+
+
+def test_requires_python_is_read_by_packaging_once_per_host(tmp_path: Path) -> None:
+    """packaging's specifiers read a recipe's requires-python, and decide whether an
+    interpreter matches, the first time; later (another process, the same host cache) the
+    same answers come without importing them. A spec that is not PEP 440, or a Python
+    outside it, is refused every time, as packaging refuses it."""
+    import os
+    import subprocess
+
+    code = ("import sys\nfrom pathlib import Path\nfrom envbuild.errors import EnvbuildError\n"
+            "from envbuild.recipe import load_recipe\n"
+            "try:\n    load_recipe(Path(sys.argv[1])).check_python(sys.argv[2], 'it', 'fix')\n"
+            "    print('ok', end=' ')\n"
+            "except EnvbuildError as exc:\n    print('refused', end=' ')\n"
+            "print('packaging.specifiers' in sys.modules)\n")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def check(spec: str, version: str) -> str:
+        recipe = tmp_path / "r.toml"
+        recipe.write_text(f'name = "r"\nrequires-python = "{spec}"\ndependencies = ["a"]\n')
+        return subprocess.run([sys.executable, "-c", code, str(recipe), version], env=env,
+                              check=True, capture_output=True, text=True).stdout
+
+    assert check(">=3.9, <3.14", "3.11.7") == "ok True\n"
+    assert check(">=3.9, <3.14", "3.11.7") == "ok False\n"
+    assert check(">=3.9, <3.14", "3.14.0") == "refused True\n"   # the spec read: sound
+    assert check(">=3.9, <3.14", "3.14.0") == "refused True\n"
+    assert check(">=3.9, <3.14", "3.14.0rc1") == "refused True\n"
+    assert check(">=3.12", "3.13.0rc1") == "ok True\n"   # a prerelease may match
+    assert check(">=3.x", "3.11.7") == "refused True\n"
+    assert check(">=3.x", "3.11.7") == "refused True\n"

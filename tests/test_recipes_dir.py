@@ -46,7 +46,8 @@ def test_committed_lock_is_portable(path: Path) -> None:
     assert head["find-links"] == "-"
     assert head["resolver"].startswith("pip-tools ")
     python = head["python"].split()[0]
-    assert load_recipe(path).requires_python.contains(python + ".0", prereleases=True)
+    assert SpecifierSet(load_recipe(path).requires_python).contains(python + ".0",
+                                                             prereleases=True)
     for leaked in ("/opt/", "file://", "/tmp/", "/home/", "/root/", "@"):
         assert leaked not in text, leaked
     body = [ln for ln in text.splitlines() if ln and not ln.lstrip().startswith("#")]
@@ -60,7 +61,7 @@ def test_committed_lock_is_portable(path: Path) -> None:
 def test_scientific_recipe() -> None:
     r = load_recipe(RECIPES / "scientific.toml")
     assert r.name == "scientific"
-    assert r.requires_python == SpecifierSet(">=3.11,<3.12")
+    assert SpecifierSet(r.requires_python) == SpecifierSet(">=3.11,<3.12")
     assert {d.split(">")[0].split("=")[0] for d in r.dependencies} >= {"numpy", "scipy"}
     lock = (RECIPES / "scientific.lock").read_text()
     assert re.search(r"^numpy==", lock, re.M) and re.search(r"^scipy==", lock, re.M)
