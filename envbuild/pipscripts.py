@@ -46,7 +46,9 @@ def body_for(pip_version: str) -> tuple[str, str]:
     """The style name and the console-script body (a `str.format` template with `module`,
     `import_name` and `func`) that pip `pip_version` writes (packaging's comparison of the
     versions remembered per host: `memo`)."""
-    style = by_packaging("pip-style", pip_version, lambda: _style(pip_version))
+    # the question is asked of this table: another envbuild's table is another question
+    table = [[first, style] for first, style, _body in _BODIES]
+    style = by_packaging("pip-style", [pip_version, table], lambda: _style(pip_version))
     return next((style, body) for _first, name, body in _BODIES if name == style)
 
 

@@ -105,16 +105,23 @@ def _sound_specifiers(spec: str) -> str:
 
 
 def _check_requirements(deps: list[Any], where: str, issues: list[str]) -> None:
-    """packaging's reading of each dependency: its problems added to `issues`
-    (`memo.by_packaging`'s answer, where every dependency is a string)."""
-    found = (by_packaging("requirements", deps, lambda: _requirement_problems(deps), "sound")
-             if all(isinstance(dep, str) for dep in deps) else _requirement_problems(deps))
-    issues += [f"{where}: {problem}"
-               for problem in ([] if found == "sound" else json.loads(found))]
+    """packaging's reading of each dependency: its problems added to `issues` (where every
+    dependency is a string, a sound list is remembered: `memo.by_packaging`)."""
+    problems: list[str] = []
+
+    def answer() -> str:
+        problems.extend(_requirement_problems(deps))
+        return "unsound" if problems else "sound"
+
+    if all(isinstance(dep, str) for dep in deps):
+        by_packaging("requirements", deps, answer, "sound")
+    else:
+        answer()
+    issues += [f"{where}: {problem}" for problem in problems]
 
 
-def _requirement_problems(deps: list[Any]) -> str:
-    """"sound", or the JSON list of what is wrong with `deps` as PEP 508 requirements."""
+def _requirement_problems(deps: list[Any]) -> list[str]:
+    """What is wrong with `deps` as PEP 508 requirements."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     problems = []
@@ -127,7 +134,7 @@ def _requirement_problems(deps: list[Any]) -> str:
                                 "publish it to an index or find-links")
         except InvalidRequirement as exc:
             problems.append(f"not a PEP 508 requirement: {dep!r} ({exc})")
-    return json.dumps(problems) if problems else "sound"
+    return problems
 
 
 def load_recipe(path: Path) -> Recipe:

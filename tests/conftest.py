@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -98,6 +99,12 @@ def cli(*args: str | Path) -> Result:
     """envbuild in-process, through typer."""
     result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def ignore_sigchld() -> None:
+    """A `preexec_fn`: the child starts as under a parent that ignores SIGCHLD (exec passes
+    that on)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 
 
 def envbuild(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,

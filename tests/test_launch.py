@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Built, cli, copy_env, envbuild, make_writable, write_recipe
+from conftest import Built, cli, copy_env, envbuild, ignore_sigchld, make_writable, write_recipe
 from pkgindex import LocalIndex
 
 LAUNCHERS = ["run", "guard"]
@@ -201,7 +201,7 @@ def test_inherited_ignored_sigchld_does_not_hang(kind: str, level: str, env: Pat
 
     def ignoring(argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, env=environ(), capture_output=True, text=True, timeout=60,
-                              preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+                              preexec_fn=ignore_sigchld)
 
     without = ignoring(["sh", "-c", 'exec "$@"', "sh", *cmd] if kind == "guard" else cmd)
     assert without.returncode in (5, 6), without.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import envbuild, write_recipe
+from conftest import envbuild, ignore_sigchld, write_recipe
 from pkgindex import LocalIndex, _Dist, build_index
 
 from envbuild.errors import InputError
@@ -277,11 +276,11 @@ def test_a_resolvers_failure_fails_the_lock_where_sigchld_comes_ignored(
     """A parent that ignores SIGCHLD passes that on through exec, and the kernel would then
     reap the resolver unseen, its exit status read as 0: the CLI restores the default, so
     that a resolution that fails fails the lock (exit 2, as any) and writes nothing."""
-    recipe = recipe_at(tmp_path, index, index.simple_url, deps=["alpha>=9"])
+    recipe = write_recipe(tmp_path / "project", index, deps=["alpha>=9"])
     res = subprocess.run(
         [sys.executable, "-m", "envbuild", "lock", str(recipe), "--resolver", resolver],
         env=user_env(tmp_path), capture_output=True, text=True, timeout=600,
-        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+        preexec_fn=ignore_sigchld)
     assert res.returncode == 2, res.stderr
     assert "cannot be satisfied" in res.stderr and "alpha>=9" in res.stderr, res.stderr
     assert_nothing_left(recipe, tmp_path)

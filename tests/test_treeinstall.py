@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli, write_recipe
+from conftest import cli, ignore_sigchld, write_recipe
 from pkgindex import LocalIndex
 from test_trees import make_wheel
 
@@ -56,8 +55,7 @@ def start(argv: list[str], way: str) -> subprocess.CompletedProcess[str]:
     script = (THREADED if way == "threaded" else "") + argv[0]
     return subprocess.run(
         [sys.executable, "-c", script, *argv[1:]], capture_output=True, text=True,
-        preexec_fn=(lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
-        if way == "sigchld-ignored" else None)
+        preexec_fn=ignore_sigchld if way == "sigchld-ignored" else None)
 
 
 def build(recipe: Path, store: Path, forks: Path, way: str = "usual"
