@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -174,8 +175,9 @@ def compile_here(jobs: list[tuple[str, str, str]]) -> None:
                     code, digest, mode == "C")
                 steps._write_atomic(pyc, data, steps._calc_mode(path))  # type: ignore[attr-defined]
             except Exception as exc:  # noqa: BLE001  (as py_compile takes any)
-                raise BuildError(f"{path}: expected Python {sys.version.split()[0]} to "
-                                 f"compile it, found {type(exc).__name__}: {exc}") from None
+                raise BuildError(f"{os.path.relpath(path, strip)}: expected a module "
+                                 f"Python {sys.version.split()[0]} compiles, found "
+                                 f"{type(exc).__name__}: {exc}") from None
 
 
 def compile_files(python: str, jobs: list[tuple[str, str, str]]) -> None:
@@ -185,11 +187,12 @@ def compile_files(python: str, jobs: list[tuple[str, str, str]]) -> None:
             compiler.run(jobs)
 
 
-def compile_early(compiler: Compiler, wheels: list[Path], site: str, cache_tag: str,
-                  by_source: str, scratch: Path) -> list[tuple[Path, str]]:
+def compile_early(start: Callable[[list[tuple[str, str, str]]], None], wheels: list[Path],
+                  site: str, cache_tag: str, by_source: str, scratch: Path
+                  ) -> list[tuple[Path, str]]:
     """The wheels' modules whose pyc is not kept yet (`by_source`), read from the wheels,
-    written under `scratch` at their place in a tree and handed to `compiler` at once, to
-    compile while the wheels are installed: what to keep (`keep`) once it is done."""
+    written under `scratch` at their place in a tree and handed to `start` (a `Compiler`'s,
+    to compile while the wheels are installed): what to keep (`keep`) once it is done."""
     import zipfile
 
     jobs: list[tuple[str, str, str]] = []
@@ -212,8 +215,20 @@ def compile_early(compiler: Compiler, wheels: list[Path], site: str, cache_tag: 
             path.write_bytes(data)
             jobs.append(("C", str(scratch), str(path)))
             fresh.append((_pyc(path, cache_tag), kept))
-    compiler.start(jobs)
+    start(jobs)
     return fresh
+
+
+def compile_ahead(wheels: list[Path], interp: Interpreter, store: Store) -> None:
+    """The wheels' modules whose pyc is not kept yet compiled and kept (`compile_early`)
+    by this process, while its children install the wheels: their trees then link them."""
+    by_source = source_pycs_dir(store, interp)
+    scratch = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.tmp))
+    try:
+        keep(compile_early(lambda jobs: compile_files(interp.executable, jobs), wheels,
+                           interp.site, interp.cache_tag, by_source, scratch), by_source)
+    finally:
+        remove_tree(scratch)
 
 
 def keep(fresh: list[tuple[Path, str]], by_source: str) -> None:
