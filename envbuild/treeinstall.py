@@ -6,9 +6,9 @@ A build installs them in forked children (`Installing`) while it puts the other 
 files in place: the wheels are shared out by size among up to one child per core (four at
 most), each of which installs its share and compiles it (or, for a rebuild's few small
 wheels, installs them while the build compiles their modules: `AHEAD`); the build waits
-for them only when it needs their trees. A child reports a failure as the exception it raised. Where
-forking is not safe (`forking_unsafe`, or SIGCHLD ignored), the wheels are installed in
-this process, before the build goes on."""
+for them only when it needs their trees. A child reports a failure as the exception it
+raised. Where forking is not safe (`forking_unsafe`, or SIGCHLD ignored), the wheels are
+installed in this process, before the build goes on."""
 
 from __future__ import annotations
 
