@@ -145,9 +145,13 @@ HERE = ((3, 11), (3, 12), (3, 13))
 
 def compiles_here(python: str) -> bool:
     """Whether this process writes the same pycs as `python` would: `python` is the
-    binary running this, a CPython of `HERE`."""
+    binary running this, a CPython of `HERE`; and whether it may (no other thread runs,
+    whose warnings would go unseen while `compile_here` hides its own)."""
+    from .children import forking_unsafe
+
     return (sys.implementation.name == "cpython" and sys.version_info[:2] in HERE
-            and os.path.realpath(python) == os.path.realpath(sys.executable))
+            and os.path.realpath(python) == os.path.realpath(sys.executable)
+            and not forking_unsafe())
 
 
 def compile_here(jobs: list[tuple[str, str, str]]) -> None:
