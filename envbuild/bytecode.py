@@ -1,24 +1,19 @@
 """Bytecode for a new env: checked-hash pycs, compiled with the build dir stripped and a
-fixed PYTHONHASHSEED, so they are the same bytes in every build (by the target interpreter
-in a process of its own; a few files in this process, where it is that interpreter and
-writes the same bytes: `compiles_here`). An installed tree's pycs are kept by the path and
-source they come from (`pycs/by-source-<abi>-<version>/`, hard links) and linked into the
-next tree with the same module; with `--installer pip` each wheel's pycs are kept in
-`pycs/<wheel sha256>-<abi>-<version>/` and copied by the next build that installs that
-wheel."""
+fixed PYTHONHASHSEED, so they are the same bytes in every build. An installed tree's pycs
+are kept by the path and source they come from (`pycs/by-source-<abi>-<version>/`, hard
+links) and linked into the next tree with the same module; with `--installer pip` each
+wheel's pycs are kept in `pycs/<wheel sha256>-<abi>-<version>/` and copied by the next
+build that installs that wheel."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .errors import BuildError, ToolError
+from .errors import ToolError
 from .fsutil import publish_dir, remove_tree
 from .hashing import sha256_bytes
 from .interpreter import Interpreter
@@ -26,9 +21,6 @@ from .layout import digest_hex
 from .proc import hermetic_env
 from .store import Store
 from .wheelcache import Artifact
-
-if TYPE_CHECKING:
-    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +66,22 @@ class Compiler:
     """`python` compiling files into its own bytecode (-S: no site, so no .pth line runs),
     with a fixed PYTHONHASHSEED: started first, so that its start and imports overlap
     what the caller does before it knows the files; killed on leaving if still running.
-    Where this process writes the same pycs as `python` (`compiles_here`), a few files
-    are compiled here instead, and `python` is started only for more."""
+    Always a process of its own, even where `python` runs this: marshal writes a string as
+    interned or not by the state of the process (a one-character string is one object
+    there, interned once anything interned it), so this process's pycs could differ."""
 
     def __init__(self, python: str) -> None:
-        self.argv = [python, "-S", "-c", f"DONE = {DONE!r}\n{_COMPILE}"]
-        self.here = compiles_here(python)
-        self.child: subprocess.Popen[str] | None = None
-        if not self.here:
-            self._spawn()
-
-    def _spawn(self) -> None:
         import subprocess  # here: a build that compiles nothing does not import it
 
+        self.argv = [python, "-S", "-c", f"DONE = {DONE!r}\n{_COMPILE}"]
         self.child = subprocess.Popen(
             self.argv, env=hermetic_env({"PYTHONHASHSEED": "0"}), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
 
     def start(self, jobs: list[tuple[str, str, str]]) -> None:
         """Hand it each (mode, strip dir, path) to compile, without waiting (it reads them
-        all before it writes anything); or, for a few where it can, compile them here."""
-        if self.here:
-            if len(jobs) <= FEW:
-                compile_here(jobs)
-                return
-            self._spawn()
-        assert self.child is not None and self.child.stdin is not None
+        all before it writes anything)."""
+        assert self.child.stdin is not None
         try:
             with self.child.stdin as feed:
                 feed.write("\n".join("\t".join(job) for job in jobs))
@@ -108,8 +90,6 @@ class Compiler:
 
     def wait(self) -> None:
         """Until it has compiled what `start` gave it; a ToolError if it failed."""
-        if self.child is None:
-            return
         assert self.child.stdout is not None
         output = self.child.stdout.read()
         if self.child.wait() != 0 or not output.endswith(DONE + "\n"):
@@ -123,65 +103,12 @@ class Compiler:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.child is None:
-            return
         if self.child.poll() is None:
             self.child.kill()
         self.child.wait()
         for pipe in (self.child.stdin, self.child.stdout):
             if pipe is not None:
                 pipe.close()
-
-
-# up to this many files are compiled in this process where it can: more, and starting
-# `python` with its pool of processes costs less than compiling them one by one here
-FEW = 16
-# the CPythons whose pycs `compile_here` writes byte for byte as `py_compile` does with
-# PYTHONHASHSEED=0 (the tests hold each to it): from 3.11, marshal writes a frozenset's
-# items in an order of their own (before, the hash seed's) and marks an interned string
-# as shared whatever else the process holds; `compile_here` takes importlib's private steps
-HERE = ((3, 11), (3, 12), (3, 13))
-
-
-def compiles_here(python: str) -> bool:
-    """Whether this process writes the same pycs as `python` would: `python` is the
-    binary running this, a CPython of `HERE`; and whether it may (no other thread runs,
-    whose warnings would go unseen while `compile_here` hides its own)."""
-    from .children import forking_unsafe
-
-    return (sys.implementation.name == "cpython" and sys.version_info[:2] in HERE
-            and os.path.realpath(python) == os.path.realpath(sys.executable)
-            and not forking_unsafe())
-
-
-def compile_here(jobs: list[tuple[str, str, str]]) -> None:
-    """Each (mode, strip dir, path) compiled in this process (see `compiles_here`), by the
-    steps `py_compile.compile` takes, warnings unseen as they are in a compiling process.
-    marshal marks an object as shared by its count of references: the code and its file
-    name are held here as py_compile holds them, for the same bytes."""
-    import _frozen_importlib_external as steps
-    import _imp
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for mode, strip, path in jobs:
-            try:
-                loader = steps.SourceFileLoader("<py_compile>", path)
-                source = loader.get_data(path)
-                dfile = os.path.relpath(path, strip)
-                code = loader.source_to_code(source, dfile, _optimize=0)
-                pyc = steps.cache_from_source(path)
-                os.makedirs(os.path.dirname(pyc), exist_ok=True)
-                digest = _imp.source_hash(steps._RAW_MAGIC_NUMBER,  # type: ignore[attr-defined]
-                                          source)
-                data = steps._code_to_hash_pyc(  # type: ignore[attr-defined]
-                    code, digest, mode == "C")
-                steps._write_atomic(pyc, data, steps._calc_mode(path))  # type: ignore[attr-defined]
-            except Exception as exc:  # noqa: BLE001  (as py_compile takes any)
-                raise BuildError(f"{os.path.relpath(path, strip)}: expected a module "
-                                 f"Python {sys.version.split()[0]} compiles, found "
-                                 f"{type(exc).__name__}: {exc}") from None
 
 
 def compile_files(python: str, jobs: list[tuple[str, str, str]]) -> None:
@@ -191,12 +118,11 @@ def compile_files(python: str, jobs: list[tuple[str, str, str]]) -> None:
             compiler.run(jobs)
 
 
-def compile_early(start: Callable[[list[tuple[str, str, str]]], None], wheels: list[Path],
-                  site: str, cache_tag: str, by_source: str, scratch: Path
-                  ) -> list[tuple[Path, str]]:
+def compile_early(compiler: Compiler, wheels: list[Path], site: str, cache_tag: str,
+                  by_source: str, scratch: Path) -> list[tuple[Path, str]]:
     """The wheels' modules whose pyc is not kept yet (`by_source`), read from the wheels,
-    written under `scratch` at their place in a tree and handed to `start` (a `Compiler`'s,
-    to compile while the wheels are installed): what to keep (`keep`) once it is done."""
+    written under `scratch` at their place in a tree and handed to `compiler` at once, to
+    compile while the wheels are installed: what to keep (`keep`) once it is done."""
     import zipfile
 
     jobs: list[tuple[str, str, str]] = []
@@ -219,20 +145,8 @@ def compile_early(start: Callable[[list[tuple[str, str, str]]], None], wheels: l
             path.write_bytes(data)
             jobs.append(("C", str(scratch), str(path)))
             fresh.append((_pyc(path, cache_tag), kept))
-    start(jobs)
+    compiler.start(jobs)
     return fresh
-
-
-def compile_ahead(wheels: list[Path], interp: Interpreter, store: Store) -> None:
-    """The wheels' modules whose pyc is not kept yet compiled and kept (`compile_early`)
-    by this process, while its children install the wheels: their trees then link them."""
-    by_source = source_pycs_dir(store, interp)
-    scratch = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.tmp))
-    try:
-        keep(compile_early(lambda jobs: compile_files(interp.executable, jobs), wheels,
-                           interp.site, interp.cache_tag, by_source, scratch), by_source)
-    finally:
-        remove_tree(scratch)
 
 
 def keep(fresh: list[tuple[Path, str]], by_source: str) -> None:

@@ -4,11 +4,10 @@ published at its place in `trees/`.
 
 A build installs them in forked children (`Installing`) while it puts the other trees'
 files in place: the wheels are shared out by size among up to one child per core (four at
-most), each of which installs its share and compiles it (or, for a rebuild's few small
-wheels, installs them while the build compiles their modules: `AHEAD`); the build waits
-for them only when it needs their trees. A child reports a failure as the exception it
-raised. Where forking is not safe (`forking_unsafe`, or SIGCHLD ignored), the wheels are
-installed in this process, before the build goes on."""
+most), each of which installs its share and compiles it; the build waits for them only
+when it needs their trees. A child reports a failure as the exception it raised. Where
+forking is not safe (`forking_unsafe`, or SIGCHLD ignored), the wheels are installed in
+this process, before the build goes on."""
 
 from __future__ import annotations
 
@@ -36,11 +35,6 @@ if TYPE_CHECKING:
 
 Missing = list[tuple["Artifact", Path]]   # each wheel to install, and its tree's place
 MAX_CHILDREN = 4
-# wheels of no more bytes than this in all (a rebuild's one or two) have their modules
-# compiled by the build itself, in its own process where it can (`compiles_here`), once
-# it has put the other trees' files in place, while its children install them; more, and
-# each child compiles its share's as it installs it
-AHEAD = 1 << 20
 
 
 class Installing:
@@ -51,26 +45,21 @@ class Installing:
         self.store, self.missing, self.interp = store, missing, interp
         self.children: list[tuple[int, int]] = []   # pid, read end of its pipe
         self.done: dict[str, Tree] = {}
-        self.ahead = False   # the wheels' modules are this process's to compile (`wait`)
 
     @classmethod
     def start(cls, store: Store, missing: Missing, interp: Interpreter) -> Installing:
         """The children started; or, where forking is not safe, every tree installed here
         already."""
-        from .bytecode import compiles_here
-
         job = cls(store, missing, interp)
         if forking_unsafe() or sigchld_ignored():
             job.done = install_trees(store, missing, interp)
             return job
-        sizes = {art.wheel: art.wheel.stat().st_size for art, _where in missing}
-        job.ahead = sum(sizes.values()) <= AHEAD and compiles_here(interp.executable)
         sys.stderr.flush()
         sys.stdout.flush()
         try:
-            for share in shares_by_size(missing, lambda m: sizes[m[0].wheel],
+            for share in shares_by_size(missing, lambda m: m[0].wheel.stat().st_size,
                                         min(MAX_CHILDREN, os.cpu_count() or 1)):
-                job.children.append(_fork(store, share, interp, early=not job.ahead))
+                job.children.append(_fork(store, share, interp))
         except BaseException:
             job.reap()
             raise
@@ -78,18 +67,7 @@ class Installing:
 
     def wait(self) -> dict[str, Tree]:
         """The installed trees, by wheel sha256, once every child ended; a child's failure
-        raised here (the first, after all ended). A few small wheels' modules are compiled
-        here first (`AHEAD`), while the children install them: with the build's own work
-        done, this process has a core to spare, and a child finds them kept."""
-        if self.ahead and self.children:
-            from .bytecode import compile_ahead
-
-            try:
-                compile_ahead([art.wheel for art, _where in self.missing], self.interp,
-                              self.store)
-            except BaseException:
-                self.reap()
-                raise
+        raised here (the first, after all ended)."""
         failures = []
         while self.children:
             pid, out = self.children.pop(0)
@@ -121,17 +99,16 @@ class Installing:
                 pass
 
 
-def _fork(store: Store, share: Missing, interp: Interpreter, early: bool
-          ) -> tuple[int, int]:
-    """A child that installs `share` (`install_trees`) and exits: 0, or 1 with its
-    exception pickled into the pipe whose read end is returned with its pid."""
+def _fork(store: Store, share: Missing, interp: Interpreter) -> tuple[int, int]:
+    """A child that installs `share` and exits: 0, or 1 with its exception pickled into
+    the pipe whose read end is returned with its pid."""
     out, into = os.pipe()
     pid = os.fork()
     if pid == 0:   # the child
         code = 1
         try:
             os.close(out)
-            install_trees(store, share, interp, early)
+            install_trees(store, share, interp)
             code = 0
         except BaseException as exc:  # noqa: BLE001  (the parent raises it)
             _report(into, exc)
@@ -189,25 +166,21 @@ def _failure(report: bytes, status: int) -> BaseException:
 
 
 def install_trees(store: Store, missing: list[tuple[Artifact, Path]],
-                  interp: Interpreter, early: bool = True) -> dict[str, Tree]:
-    """Each missing wheel installed, its pycs compiled (`early`: the modules not kept yet
-    while the wheels go in; else once they are in, but those its parent kept meanwhile),
-    sealed and published at its place; by the wheel's sha256."""
+                  interp: Interpreter) -> dict[str, Tree]:
+    """Each missing wheel installed, its pycs compiled, sealed and published at its place;
+    by the wheel's sha256."""
     from .bytecode import Compiler, compile_early, compile_trees, keep, source_pycs_dir
 
     staged: list[tuple[Artifact, Path, Path]] = []
     by_source = source_pycs_dir(store, interp)
-    scratch = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.tmp)) if early else None
+    scratch = Path(tempfile.mkdtemp(prefix="pycs-", dir=store.tmp))
     try:
-        if scratch is None:
+        with Compiler(interp.executable) as compiler:   # compiles while the wheels go in
+            fresh = compile_early(compiler, [art.wheel for art, _where in missing],
+                                  interp.site, interp.cache_tag, by_source, scratch)
             _install_wheels(store, missing, interp, staged)
-        else:
-            with Compiler(interp.executable) as compiler:   # compiles while the wheels go in
-                fresh = compile_early(compiler.start, [art.wheel for art, _where in missing],
-                                      interp.site, interp.cache_tag, by_source, scratch)
-                _install_wheels(store, missing, interp, staged)
-                compiler.wait()
-            keep(fresh, by_source)
+            compiler.wait()
+        keep(fresh, by_source)
         compile_trees(interp.executable, [staging / ROOT for _art, _where, staging in staged],
                       interp.site, interp.cache_tag, by_source)
         out: dict[str, Tree] = {}
@@ -215,8 +188,7 @@ def install_trees(store: Store, missing: list[tuple[Artifact, Path]],
             out[art.wheel_sha256] = _seal_tree(art, where, staging)
         return out
     finally:
-        if scratch is not None:
-            remove_tree(scratch)
+        remove_tree(scratch)
         for _art, _where, staging in staged:
             if staging.exists():
                 remove_tree(staging)
