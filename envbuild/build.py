@@ -91,8 +91,11 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
 def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, offline: bool,
               progress: Progress, check: Check | None, force: bool,
               fixed_time: str | None = None, link: str | None = None) -> BuildResult:
+    installer = installer_identity() if link is None else trees_identity()
+    if interp.pyc_version != interp.version:   # (so other versions keep their keys)
+        installer += f", pycs of {interp.pyc_version}"
     key = env_key(lock.text, recipe.digest, interp.identity(), interp.platform,
-                  launcher_digest(), installer_identity() if link is None else trees_identity())
+                  launcher_digest(), installer)
     final = store.env_path(recipe.name, key)
     seen = None if force else _judge(final, check, progress)
     if seen == "intact":

@@ -31,23 +31,51 @@ SOURCE_PYCS = "by-source-"   # pycs/<this><abi>-<version>/: trees' pycs by path 
 # "MODE\tSTRIP\tPATH", MODE C (checked-hash pyc) or U (unchecked-hash), STRIP the dir whose
 # path is left out of the pyc's file name. Each file as `compileall.compile_file(PATH,
 # stripdir=STRIP)` compiles it (the same `py_compile.compile` call), without importing
-# compileall: its imports are a third of this process's start, on a rebuild's critical path.
+# compileall: its imports are a third of this process's start, on a rebuild's critical
+# path. From 3.11, by py_compile's own steps without importing py_compile either (another
+# 12 ms): what else a process imported changes a pyc only through the one-character
+# strings it interned (one object each in a process), and py_compile's imports intern
+# letters alone, which the compile interns anyway (before 3.11 they intern `{` and `}`).
+# Before 3.11 marshal also marks a string as shared by its count of references, so what
+# else the process holds decides the bytes: one by one there, never in a pool (whose
+# imports would change them), so a module's pyc is the same however many are compiled.
 _COMPILE = r"""
-import os, py_compile, sys
-from importlib.util import cache_from_source
-MODES = {"C": py_compile.PycInvalidationMode.CHECKED_HASH,
-         "U": py_compile.PycInvalidationMode.UNCHECKED_HASH}
-def one(line):
-    mode, strip, path = line.split("\t", 2)
-    try:
-        py_compile.compile(path, cache_from_source(path), os.path.relpath(path, strip), True,
-                           invalidation_mode=MODES[mode])
-    except (py_compile.PyCompileError, OSError) as exc:
-        print(exc.msg if isinstance(exc, py_compile.PyCompileError) else exc, flush=True)
-        return False
-    return True
+import os, sys
+if sys.version_info >= (3, 11):
+    import _imp
+    import _frozen_importlib_external as steps
+    def one(line):
+        mode, strip, path = line.split("\t", 2)
+        dfile = os.path.relpath(path, strip)
+        try:   # as py_compile.compile: the code and dfile held here, as marshal counts them
+            loader = steps.SourceFileLoader("<py_compile>", path)
+            source = loader.get_data(path)
+            code = loader.source_to_code(source, dfile)
+            pyc = steps.cache_from_source(path)
+            os.makedirs(os.path.dirname(pyc), exist_ok=True)
+            digest = _imp.source_hash(steps._RAW_MAGIC_NUMBER, source)
+            data = steps._code_to_hash_pyc(code, digest, mode == "C")
+            steps._write_atomic(pyc, data, steps._calc_mode(path))
+        except Exception as exc:
+            print(f"{dfile}: {type(exc).__name__}: {exc}", flush=True)
+            return False
+        return True
+else:
+    import py_compile
+    from importlib.util import cache_from_source
+    MODES = {"C": py_compile.PycInvalidationMode.CHECKED_HASH,
+             "U": py_compile.PycInvalidationMode.UNCHECKED_HASH}
+    def one(line):
+        mode, strip, path = line.split("\t", 2)
+        try:
+            py_compile.compile(path, cache_from_source(path), os.path.relpath(path, strip),
+                               True, invalidation_mode=MODES[mode])
+        except (py_compile.PyCompileError, OSError) as exc:
+            print(exc.msg if isinstance(exc, py_compile.PyCompileError) else exc, flush=True)
+            return False
+        return True
 files = sys.stdin.read().splitlines()
-if len(files) > 16:
+if len(files) > 16 and sys.version_info >= (3, 11):
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor() as pool:
         ok = all(pool.map(one, files, chunksize=max(1, len(files) // 64)))
@@ -186,7 +214,7 @@ def source_pycs_dir(store: Store, interp: Interpreter) -> str:
     """Checked-hash pycs by the source they were compiled from and its path in the tree
     (`_kept_path`), for one interpreter: a new release that leaves a module as it was
     takes its pyc from here instead of compiling it again."""
-    return os.path.join(store.layout.pycs, f"{SOURCE_PYCS}{interp.abi}-{interp.version}")
+    return os.path.join(store.layout.pycs, f"{SOURCE_PYCS}{interp.abi}-{interp.pyc_version}")
 
 
 def _kept_path(by_source: str, rel: str, source: bytes) -> str:
@@ -237,7 +265,7 @@ def compile_launch(root: Path, launch_code: Path, interp: Interpreter, store: St
     sources'. Kept in the store's pyc cache by the launch code's digest."""
     from .carried import launcher_digest
 
-    cached = Path(store.layout.pyc_dir(launcher_digest(), interp.abi, interp.version))
+    cached = Path(store.layout.pyc_dir(launcher_digest(), interp.abi, interp.pyc_version))
     if cached.is_dir():
         _copy_into(cached, launch_code)
         return
@@ -286,7 +314,7 @@ def _pyc(source: Path, cache_tag: str) -> Path:
 
 
 def _entry(store: Store, art: Artifact, interp: Interpreter) -> Path:
-    return Path(store.layout.pyc_dir(art.wheel_sha256, interp.abi, interp.version))
+    return Path(store.layout.pyc_dir(art.wheel_sha256, interp.abi, interp.pyc_version))
 
 
 def _keep(store: Store, entry: Path, src_dir: Path, sources: list[str], cache_tag: str,

@@ -98,6 +98,14 @@ class Interpreter(NamedTuple):
                 "executable": self.executable, "sha256": self.sha256,
                 "stdlib_digest": self.stdlib_digest, "libpython": self.libpython}
 
+    @property
+    def pyc_version(self) -> str:
+        """Its version as what holds its compiled pycs is keyed by (trees, the pyc caches,
+        env keys): before 3.11 with `-serial`, since those pycs are compiled one by one,
+        never in a pool, which changed their bytes (`bytecode._COMPILE`)."""
+        serial = self.version.split(".")[:2] in (["3", "9"], ["3", "10"])
+        return f"{self.version}-serial" if serial else self.version
+
     def supported_tags(self) -> set[Tag]:
         """The wheel tags this interpreter installs (`packaging.tags`: imported here, for a
         build that picks wheels, not for one that finds its env in the store)."""

@@ -71,7 +71,7 @@ class Tree:
 def tree_places(store: Store, artifacts: list[Artifact], interp: Interpreter) -> list[Path]:
     """Where each artifact's tree is, or goes, in the store."""
     style = pip_style()
-    return [Path(store.layout.tree_dir(art.wheel_sha256, interp.abi, interp.version, style))
+    return [Path(store.layout.tree_dir(art.wheel_sha256, interp.abi, interp.pyc_version, style))
             for art in artifacts]
 
 
@@ -96,7 +96,7 @@ def installed(store: Store, interp: Interpreter) -> Callable[[str], bool]:
         names = set()
     style = pip_style()
     return lambda digest: os.path.basename(
-        store.layout.tree_dir(digest, interp.abi, interp.version, style)) in names
+        store.layout.tree_dir(digest, interp.abi, interp.pyc_version, style)) in names
 
 
 def load_tree(where: Path) -> Tree | None:

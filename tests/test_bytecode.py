@@ -1,11 +1,13 @@
 """The compile step (`bytecode.compile_files`), in every CPython here, against what
 `compileall.compile_file(PATH, stripdir=DIR)` writes with the same fixed hash seed: the
-same pyc bytes, checked-hash or unchecked, alone and in a pool; a file that does not
-compile fails the step with its name."""
+same pyc bytes, checked-hash or unchecked, alone and in a pool; the stdlib's own `json`
+and `email` the same however many go at once; a file that does not compile fails the step
+with its name."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -70,6 +72,42 @@ def test_the_same_bytes_as_compileall(tmp_path: Path, version: str, mode: str,
     got, expected = pycs(ours), pycs(theirs)
     assert len(got) == len(files)
     assert got == expected
+
+
+def stdlib_copies(exe: str, root: Path) -> list[Path]:
+    """The interpreter's own `json` and `email` packages (real code: sets, f-strings and
+    one-character strings such as `{`), an empty module and one that warns as it compiles,
+    under `root/lib/site`."""
+    site = root / "lib" / "site"
+    stdlib = subprocess.run([exe, "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    for package in ("json", "email"):
+        shutil.copytree(Path(stdlib) / package, site / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "empty.py").write_text("")
+    (site / "warns.py").write_text('PATTERN = "\\d+"\nBRACES = f"{{{PATTERN}}}" + "{" + "}"\n')
+    return sorted(site.rglob("*.py"))
+
+
+@pytest.mark.parametrize("version", PYTHONS)
+def test_the_stdlibs_own_packages_compile_the_same_however_many_go_at_once(
+        tmp_path: Path, version: str) -> None:
+    """16 modules (compiled one by one) and all of them (in a pool, from 3.11): the same
+    pycs for the 16 either way, and from 3.11 compileall's. Before 3.11 marshal marks a
+    string as shared by its count of references, which what else the compiling process
+    holds decides: envbuild's are the same in every build, compileall's differ with the
+    process that calls it."""
+    exe = python(version)
+    few, every, theirs = tmp_path / "few", tmp_path / "every", tmp_path / "theirs"
+    compile_files(exe, [("C", str(few), str(p)) for p in stdlib_copies(exe, few)[:16]])
+    files = stdlib_copies(exe, every)
+    compile_files(exe, [("C", str(every), str(p)) for p in files])
+    got = pycs(every)
+    assert len(got) == len(files) >= 30
+    assert pycs(few).items() <= got.items()
+    if version not in ("3.9", "3.10"):
+        by_compileall(exe, theirs, stdlib_copies(exe, theirs), "CHECKED_HASH")
+        assert got == pycs(theirs)
 
 
 @pytest.mark.parametrize("sigchld", ["default", "ignored"])
