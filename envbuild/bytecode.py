@@ -41,7 +41,8 @@ SOURCE_PYCS = "by-source-"   # pycs/<this><abi>-<version>/: trees' pycs by path 
 # imports would change them), so a module's pyc is the same however many are compiled.
 _COMPILE = r"""
 import os, sys
-if sys.version_info >= (3, 11):
+SINCE_311 = sys.version_info >= (3, 11)   # (see above)
+if SINCE_311:
     import _imp
     import _frozen_importlib_external as steps
     def one(line):
@@ -75,7 +76,7 @@ else:
             return False
         return True
 files = sys.stdin.read().splitlines()
-if len(files) > 16 and sys.version_info >= (3, 11):
+if len(files) > 16 and SINCE_311:
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor() as pool:
         ok = all(pool.map(one, files, chunksize=max(1, len(files) // 64)))

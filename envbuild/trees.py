@@ -70,9 +70,15 @@ class Tree:
 
 def tree_places(store: Store, artifacts: list[Artifact], interp: Interpreter) -> list[Path]:
     """Where each artifact's tree is, or goes, in the store."""
+    place = _tree_place(store, interp)
+    return [Path(place(art.wheel_sha256)) for art in artifacts]
+
+
+def _tree_place(store: Store, interp: Interpreter) -> Callable[[str], str]:
+    """A wheel's tree's place (by the wheel's digest) for `interp` and the scripts of the
+    pip beside envbuild."""
     style = pip_style()
-    return [Path(store.layout.tree_dir(art.wheel_sha256, interp.abi, interp.pyc_version, style))
-            for art in artifacts]
+    return lambda digest: store.layout.tree_dir(digest, interp.abi, interp.pyc_version, style)
 
 
 def load_trees(places: list[Path | None]) -> list[Tree | None]:
@@ -94,9 +100,8 @@ def installed(store: Store, interp: Interpreter) -> Callable[[str], bool]:
         names = set(os.listdir(store.layout.trees))
     except OSError:
         names = set()
-    style = pip_style()
-    return lambda digest: os.path.basename(
-        store.layout.tree_dir(digest, interp.abi, interp.pyc_version, style)) in names
+    place = _tree_place(store, interp)
+    return lambda digest: os.path.basename(place(digest)) in names
 
 
 def load_tree(where: Path) -> Tree | None:

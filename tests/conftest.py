@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +108,13 @@ def ignore_sigchld() -> None:
 
 
 def envbuild(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """envbuild as a real subprocess, the way CI and job scripts call it."""
+             timeout: float = 600, preexec_fn: Callable[[], None] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """envbuild as a real subprocess, the way CI and job scripts call it (`preexec_fn`: as
+    a parent that set up its child so would, e.g. `ignore_sigchld`)."""
     return subprocess.run([sys.executable, "-m", "envbuild", *map(str, args)], env=env,
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=preexec_fn)
 
 
 @dataclass(frozen=True)

@@ -277,10 +277,8 @@ def test_a_resolvers_failure_fails_the_lock_where_sigchld_comes_ignored(
     reap the resolver unseen, its exit status read as 0: the CLI restores the default, so
     that a resolution that fails fails the lock (exit 2, as any) and writes nothing."""
     recipe = write_recipe(tmp_path / "project", index, deps=["alpha>=9"])
-    res = subprocess.run(
-        [sys.executable, "-m", "envbuild", "lock", str(recipe), "--resolver", resolver],
-        env=user_env(tmp_path), capture_output=True, text=True, timeout=600,
-        preexec_fn=ignore_sigchld)
+    res = envbuild("lock", recipe, "--resolver", resolver, env=user_env(tmp_path),
+                   preexec_fn=ignore_sigchld)
     assert res.returncode == 2, res.stderr
     assert "cannot be satisfied" in res.stderr and "alpha>=9" in res.stderr, res.stderr
     assert_nothing_left(recipe, tmp_path)
