@@ -32,6 +32,14 @@ def main() -> None:
 
 
 def _dispatch(args: list[str]) -> None:
+    if args[:1] == ["build"]:
+        import gc
+
+        # a build is a process of a second or so whose garbage is acyclic: the cycle
+        # collector's passes over the records and imports (and, in each child forked to
+        # install wheels, over every inherited object, copying the pages it touches) cost a
+        # rebuild about 7% of its time and free nothing that matters
+        gc.disable()
     if args[:1] in (["build"], ["lock"]):   # no typer when it is not needed
         from .fastbuild import build_main, lock_main
 

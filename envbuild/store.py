@@ -20,7 +20,7 @@ from pathlib import Path
 from . import BUILD_FORMAT
 from .children import LOCK_REFRESHER
 from .errors import EnvbuildError, InputError
-from .fsutil import remove_tree
+from .fsutil import remove_tree, spread_below
 from .layout import StoreLayout, store_root
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class Store:
                 # makes it; an existing one (a shared store's) keeps the mode it was given
                 (root / sub).mkdir(0o700 if sub == "runs" else 0o777, parents=True,
                                    exist_ok=True)
+            spread_below(str(root / "envs"))
         except OSError as exc:
             raise InputError(f"store: cannot create {root}: {exc.strerror}; pass --store "
                              "DIR naming a directory you can write") from None
