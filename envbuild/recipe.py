@@ -7,7 +7,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -104,9 +104,10 @@ def _sound_specifiers(spec: str) -> str:
     return "sound"
 
 
-def _check_requirements(deps: list[Any], where: str, issues: list[str]) -> None:
-    """packaging's reading of each dependency: its problems added to `issues` (where every
-    dependency is a string, a sound list is remembered: `memo.by_packaging`)."""
+def _check_requirements(deps: list[Any], where: Callable[[], str], issues: list[str]) -> None:
+    """packaging's reading of each dependency: its problems added to `issues`, each after
+    `where()` (asked only then: it searches the recipe's text). Where every dependency is a
+    string, a sound list is remembered (`memo.by_packaging`)."""
     problems: list[str] = []
 
     def answer() -> str:
@@ -117,7 +118,7 @@ def _check_requirements(deps: list[Any], where: str, issues: list[str]) -> None:
         by_packaging("requirements", deps, answer, "sound")
     else:
         answer()
-    issues += [f"{where}: {problem}" for problem in problems]
+    issues += [f"{where()}: {problem}" for problem in problems]
 
 
 def _requirement_problems(deps: list[Any]) -> list[str]:
@@ -190,7 +191,7 @@ def _validate(path: Path, raw: bytes, text: str, data: dict[str, Any],
         issues.append(f"{where('', 'dependencies')}: expected a non-empty list of PEP 508 "
                       f"requirements, found {deps!r}")
         deps = []
-    _check_requirements(deps, where('', 'dependencies'), issues)
+    _check_requirements(deps, lambda: where("", "dependencies"), issues)
 
     index = data.get("index", {}) if isinstance(data.get("index", {}), dict) else {}
     index_url = index.get("url", os.environ.get("ENVBUILD_INDEX_URL") or PYPI_SIMPLE)
