@@ -38,7 +38,8 @@ def _dispatch(args: list[str]) -> None:
         # a build is a process of a second or so whose garbage is acyclic: the cycle
         # collector's passes over the records and imports (and, in each child forked to
         # install wheels, over every inherited object, copying the pages it touches) cost a
-        # rebuild about 7% of its time and free nothing that matters
+        # rebuild about 7% of its time and free nothing that matters (jupyter-stack's
+        # build peaks at the same 48 MB without them)
         gc.disable()
     if args[:1] in (["build"], ["lock"]):   # no typer when it is not needed
         from .fastbuild import build_main, lock_main
@@ -47,6 +48,13 @@ def _dispatch(args: list[str]) -> None:
         if done is not None:
             sys.stdout.flush()
             sys.stderr.flush()
+            if args[0] == "build":
+                import os
+
+                # the build is done with every file, child process and lock, and logs to
+                # stderr alone: what Python's exit would add (a last full collection and
+                # the teardown of every module) cost a rebuild about 6% of its time
+                os._exit(done)
             raise SystemExit(done)
     from .cli import app
 
