@@ -17,7 +17,7 @@ from pathlib import Path
 from .build import Progress
 from .bytecode import compile_env, compile_launch
 from .carried import HOOK_PTH, TRAMPOLINE, hook_line, install_launcher
-from .fsutil import publish_dir, remove_tree, shares_by_size, spread_below
+from .fsutil import publish_dir, remove_tree, shares_by_size
 from .hashing import record_digest, sha256_bytes
 from .hostreq import scan
 from .interpreter import Interpreter
@@ -58,7 +58,6 @@ def assemble(tmp: Path, recipe: Recipe, lock: Lock, interp: Interpreter,
         progress(f"installing {len(absent)} of {len(artifacts)} wheels into the store "
                  "(once per wheel and Python)")
         os.makedirs(store.layout.trees, exist_ok=True)
-        spread_below(store.layout.trees)
     installing = Installing.start(store, absent, interp) if absent else None
     try:
         with ThreadPoolExecutor(1) as pool:   # the trees' records are read meanwhile

@@ -61,14 +61,14 @@ _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00
 
 
 def spread_below(directory: str) -> None:
-    """Tell the file system that each dir made in `directory` (one of the store's: every
-    env, every tree is a dir there) tops a hierarchy of its own, where it takes the hint:
-    ext2/3/4 (`chattr +T`). Its allocator then starts each such dir in a block group of its
-    own choosing, where it would otherwise put it beside `directory`, among the inodes of
-    the envs and trees removed there before. Without a journal, ext4 passes over an inode
-    freed in the last minute or more at a cost for each, so a build after a removal of
-    thousands of files spends most of its time finding inodes. Elsewhere, or if `directory`
-    is not this user's, nothing happens."""
+    """Tell the file system that each dir made in `directory` (one of the store's where
+    envs, and trees and venvs before they are renamed into place, are made) tops a
+    hierarchy of its own, where it takes the hint: ext2/3/4 (`chattr +T`). Its allocator
+    then starts each such dir in a block group of its own choosing, where it would
+    otherwise put it beside `directory`, among the inodes of what was removed there before.
+    Without a journal, ext4 passes over each inode freed in the last minute or more, at a
+    cost for each, so a build after a removal of thousands of files spent most of its time
+    finding inodes. Elsewhere, or if `directory` is not this user's, nothing happens."""
     import fcntl
     import struct
 

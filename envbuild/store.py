@@ -60,7 +60,8 @@ class Store:
                 # makes it; an existing one (a shared store's) keeps the mode it was given
                 (root / sub).mkdir(0o700 if sub == "runs" else 0o777, parents=True,
                                    exist_ok=True)
-            spread_below(str(root / "envs"))
+            for sub in ("envs", "tmp"):   # where envs, trees and venvs are made
+                spread_below(str(root / sub))
         except OSError as exc:
             raise InputError(f"store: cannot create {root}: {exc.strerror}; pass --store "
                              "DIR naming a directory you can write") from None
