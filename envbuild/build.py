@@ -81,11 +81,12 @@ def build(recipe_path: Path, store_dir: Path | None = None, python: str | None =
         raise CacheIntegrityError(f"--offline: neither the store {where} nor the download "
                                   f"cache {downloads.root} holds any artifact yet; build "
                                   "once without --offline to fill them")
+    store = Store.locate(store_dir)
     if installer == "trees":
         # the temp dir is where an env is put together; probed before anything is built
-        link = resolve_link(link, Store.locate(store_dir).tmp)
-    return _build_in(Store.locate(store_dir), recipe, lock, interp, offline, progress,
-                     check, force, fixed_time, link)
+        link = resolve_link(link, store.tmp)
+    return _build_in(store, recipe, lock, interp, offline, progress, check, force,
+                     fixed_time, link)
 
 
 def _build_in(store: Store, recipe: Recipe, lock: Lock, interp: Interpreter, offline: bool,
