@@ -468,19 +468,19 @@ def test_wheel_tags_are_computed_only_for_a_wheel_of_one_platform_not_installed(
         'name = "tags"', 'name = "plat"'))
     assert cli("lock", plat).exit_code == 0
     store = tmp_path / "store"
-    code = ("import runpy, sys\n"
-            "sys.argv = ['envbuild', 'build', sys.argv[1], '--store', sys.argv[2], '--force',"
-            " '--json']\n"
-            "try:\n    runpy.run_module('envbuild', run_name='__main__')\n"
-            "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
-            "print(' '.join(sorted(m for m in sys.modules if m.startswith('packaging.')))"
-            " or '-')\n")
 
     def build(which: Path) -> tuple[dict[str, Any], str]:
-        res = subprocess.run([sys.executable, "-c", code, str(which), str(store)],
-                             capture_output=True, text=True, check=True)
-        result, packaging = res.stdout.splitlines()
-        return json.loads(result), packaging
+        """The build's result, and the packaging modules it imported ("-": none), as
+        `-X importtime` lists every module a process imports."""
+        res = subprocess.run([sys.executable, "-X", "importtime", "-m", "envbuild", "build",
+                              str(which), "--store", str(store), "--force", "--json"],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        imported = {line.rpartition("|")[2].strip() for line in res.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "envbuild.build" in imported, res.stderr
+        packaging = " ".join(sorted(m for m in imported if m.startswith("packaging.")))
+        return json.loads(res.stdout), packaging or "-"
 
     pure, _tags = build(recipe)
     first, _tags = build(plat)   # (pip chose the downloaded wheels by their tags)
