@@ -5,6 +5,7 @@ plain `lock` (whose overhead over uv's resolution was mostly typer's import)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -32,25 +33,24 @@ def main() -> None:
 
 
 def _dispatch(args: list[str]) -> None:
-    if args[:1] == ["build"]:
-        import gc
-
-        # a build is a process of a second or so whose garbage is acyclic: the cycle
-        # collector's passes over the records and imports (and, in each child forked to
-        # install wheels, over every inherited object, copying the pages it touches) cost a
-        # rebuild about 7% of its time and free nothing that matters (jupyter-stack's
-        # build peaks at the same 48 MB without them)
-        gc.disable()
     if args[:1] in (["build"], ["lock"]):   # no typer when it is not needed
+        build = args[0] == "build"
+        if build:
+            import gc  # here: not on `run`'s and `verify`'s path
+
+            # a build is a process of a second or so whose garbage is acyclic: the cycle
+            # collector's passes over the records and imports (and, in each child forked
+            # to install wheels, over every inherited object, copying the pages it
+            # touches) cost a rebuild about 7% of its time and free nothing that matters
+            # (jupyter-stack's build peaks at the same 48 MB without them)
+            gc.disable()
         from .fastbuild import build_main, lock_main
 
-        done = (build_main if args[0] == "build" else lock_main)(args[1:])
+        done = (build_main if build else lock_main)(args[1:])
         if done is not None:
             sys.stdout.flush()
             sys.stderr.flush()
-            if args[0] == "build":
-                import os
-
+            if build:
                 # the build is done with every file, child process and lock, and logs to
                 # stderr alone: what Python's exit would add (a last full collection and
                 # the teardown of every module) cost a rebuild about 6% of its time

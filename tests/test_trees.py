@@ -471,10 +471,9 @@ def test_wheel_tags_are_computed_only_for_a_wheel_of_one_platform_not_installed(
 
     def build(which: Path) -> tuple[dict[str, Any], str]:
         """The build's result, and the packaging modules it imported ("-": none), as
-        `-X importtime` lists every module a process imports."""
-        res = subprocess.run([sys.executable, "-X", "importtime", "-m", "envbuild", "build",
-                              str(which), "--store", str(store), "--force", "--json"],
-                             capture_output=True, text=True)
+        `-X importtime` (PYTHONPROFILEIMPORTTIME) lists every module a process imports."""
+        res = envbuild("build", which, "--store", store, "--force", "--json",
+                       env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
         assert res.returncode == 0, res.stderr
         imported = {line.rpartition("|")[2].strip() for line in res.stderr.splitlines()
                     if line.startswith("import time:")}
